@@ -1,0 +1,1 @@
+"""llamalogue: a JAX/Flax re-implementation of a communicative BabyLM study."""

@@ -1,0 +1,73 @@
+"""llamalogue entry point.
+
+  python main.py --config=configs/<name>.py[:variant] --workdir=DIR [--config.a.b=value ...]
+
+`config.mode` chooses what runs (prepare, pretrain, export, evaluate, ...).
+Every user-facing failure ends with one line `error: ...` and exit status 2.
+"""
+
+import importlib
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
+
+# mode -> "module:function"; each function takes (config, workdir).
+MODES = {
+    "prepare": "llamalogue.data.prepare:run",
+    "pretrain": "llamalogue.train:run",
+    "export": "llamalogue.hf:run_export",
+    "evaluate": "evaluation.run:run",
+    "dpo": "rl.dpo:run",
+    "ppo": "rl.ppo:run",
+}
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  from llamalogue.errors import LlamalogueError
+  from llamalogue import config_check
+
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  workdir = _WORKDIR.value
+  if config is None:
+    _fail("--config is required, e.g. --config=configs/pretrain.py:tiny")
+  if not workdir:
+    _fail("--workdir is required")
+  try:
+    config_check.validate(config)
+    mode = config.get("mode")
+    if mode not in MODES:
+      _fail(f"config.mode: unknown mode {mode!r}; choose one of {sorted(MODES)}")
+    module_name, fn_name = MODES[mode].split(":")
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    fn(config, workdir)
+  except LlamalogueError as e:
+    _fail(str(e))
+  except KeyboardInterrupt:
+    _fail("interrupted; rerun the same command to resume from the last checkpoint")
+
+
+def run():
+  # Turn config-flag parsing errors (unknown key, wrong type) into one line.
+  try:
+    argv = flags.FLAGS(sys.argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0] if str(e) else repr(e))
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    _fail(f"bad --config override: {str(e).strip().splitlines()[0] if str(e) else repr(e)}")
+  app.run(main, argv=argv, flags_parser=lambda a: a)
+
+
+if __name__ == "__main__":
+  run()
