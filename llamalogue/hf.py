@@ -1,0 +1,245 @@
+"""Hugging Face interchange: LlamaForCausalLM directories <-> our NNX Llama.
+
+Parameter names mirror LlamaForCausalLM, so import/export is renaming plus a
+transpose of dense kernels (HF `[out, in]`, ours `[in, out]`).
+
+`load(spec)` accepts
+  * a HF model directory (config.json + *.safetensors; transformers 4 or 5 keys),
+  * a checkpoint of ours (a step dir, or a run dir / checkpoints dir: the latest),
+  * `hf:<repo id>` (downloaded from the Hugging Face hub when online).
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llamalogue import model as model_lib
+from llamalogue.errors import ConfigError, DataError, LlamalogueError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+# ---------------------------------------------------------------------------- config
+
+def config_from_hf(hf: dict, dtype: str = "float32") -> model_lib.LlamaConfig:
+  """LlamaConfig from a HF config.json dict (transformers 4 or 5 layout)."""
+  arch = hf.get("model_type", "llama")
+  if arch not in ("llama", "smollm", "smollm2", "mistral", "olmo2") and "LlamaForCausalLM" not in hf.get("architectures", []):
+    raise ConfigError(f"config.json: model_type {arch!r} is not a Llama-family model")
+  rope = hf.get("rope_parameters") or {}
+  if isinstance(rope, dict) and rope.get("rope_type", "default") not in ("default", None):
+    raise ConfigError(f"config.json: rope_type {rope.get('rope_type')!r} is not supported (only default RoPE)")
+  if (hf.get("rope_scaling") or {}).get("rope_type", "default") not in ("default", None):
+    raise ConfigError(f"config.json: rope_scaling {hf['rope_scaling']} is not supported (only default RoPE)")
+  theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0)) if isinstance(rope, dict) else hf.get("rope_theta", 10_000.0)
+  heads = hf["num_attention_heads"]
+  return model_lib.LlamaConfig(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+      intermediate_size=hf["intermediate_size"],
+      head_dim=hf.get("head_dim") or 0,
+      rope_theta=float(theta), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      max_seq_len=hf.get("max_position_embeddings", 2048),
+      initializer_range=hf.get("initializer_range", 0.02), dtype=dtype).validate()
+
+
+def config_to_hf(cfg: model_lib.LlamaConfig, eos_token_id: int | None = None) -> dict:
+  """A config.json that transformers 4 and 5 both read (both key styles written)."""
+  return {
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+      "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+      "head_dim": cfg.dim_per_head, "hidden_act": "silu",
+      "max_position_embeddings": cfg.max_seq_len, "initializer_range": cfg.initializer_range,
+      "rms_norm_eps": cfg.rms_norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
+      "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False, "pretraining_tp": 1,
+      "rope_theta": cfg.rope_theta, "rope_scaling": None,
+      "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+      "bos_token_id": eos_token_id, "eos_token_id": eos_token_id, "pad_token_id": eos_token_id,
+      "torch_dtype": "float32", "dtype": "float32", "use_cache": True,
+  }
+
+
+# ---------------------------------------------------------------------------- weights
+
+def _hf_name(path: tuple) -> tuple[str, bool]:
+  """Our flat state path -> (HF tensor name, needs transpose)."""
+  if path == ("embed_tokens",):
+    return "model.embed_tokens.weight", False
+  if path == ("norm", "weight"):
+    return "model.norm.weight", False
+  if path == ("lm_head", "kernel"):
+    return "lm_head.weight", True
+  if path[0] == "layers":
+    rest = ".".join(str(p) for p in path[1:])
+    if rest.endswith(".kernel"):
+      return f"model.layers.{rest[:-len('.kernel')]}.weight", True
+    return f"model.layers.{rest}", False
+  raise ValueError(f"unmapped parameter {path}")
+
+
+def abstract_model(cfg: model_lib.LlamaConfig):
+  """(graphdef, abstract state) without allocating parameters."""
+  return nnx.split(nnx.eval_shape(lambda: model_lib.Llama(cfg, rngs=nnx.Rngs(0))))
+
+
+def from_tensors(cfg: model_lib.LlamaConfig, tensors: dict[str, np.ndarray], source: str) -> model_lib.Llama:
+  """Builds our model from HF-named tensors (any float dtype; stored as float32)."""
+  graphdef, state = abstract_model(cfg)
+  flat = []
+  for path, var in state.flat_state():
+    name, transpose = _hf_name(path)
+    if name not in tensors:
+      raise DataError(f"{source}: missing tensor {name}")
+    value = np.asarray(tensors[name], dtype=np.float32)
+    if transpose:
+      value = value.T
+    if value.shape != var.shape:
+      raise DataError(f"{source}: tensor {name} has shape {value.shape}, expected {var.shape} from config.json")
+    flat.append((path, jnp.asarray(value)))
+  nnx.replace_by_pure_dict(state, nnx.State.from_flat_path(flat).to_pure_dict())
+  return nnx.merge(graphdef, state)
+
+
+def to_tensors(model: model_lib.Llama) -> dict[str, np.ndarray]:
+  """HF-named float32 numpy tensors of our model."""
+  out = {}
+  for path, var in nnx.state(model, nnx.Param).flat_state():
+    name, transpose = _hf_name(path)
+    value = np.asarray(jax.device_get(var[...]), dtype=np.float32)
+    out[name] = np.ascontiguousarray(value.T if transpose else value)
+  return out
+
+
+def _read_safetensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+  files = sorted(directory.glob("*.safetensors"))
+  if not files:
+    raise DataError(f"{directory}: no *.safetensors file (pytorch_model.bin is not supported; re-save with safe_serialization)")
+  tensors = {}
+  for f in files:
+    try:
+      with safe_open(str(f), framework="flax") as st:
+        for k in st.keys():
+          tensors[k] = np.asarray(st.get_tensor(k).astype(jnp.float32))
+    except Exception as e:  # corrupt or truncated file
+      raise DataError(f"{f}: cannot read safetensors ({e})") from e
+  return tensors
+
+
+# ---------------------------------------------------------------------------- load
+
+def load_hf_dir(directory: str | os.PathLike, dtype: str = "float32"):
+  """(model, tokenizer or None) from a HF LlamaForCausalLM directory."""
+  directory = pathlib.Path(directory)
+  cfg_path = directory / "config.json"
+  if not cfg_path.exists():
+    raise DataError(f"{directory}: no config.json (not a Hugging Face model directory)")
+  try:
+    hf_cfg = json.loads(cfg_path.read_text())
+  except json.JSONDecodeError as e:
+    raise DataError(f"{cfg_path}: invalid JSON ({e})") from e
+  cfg = config_from_hf(hf_cfg, dtype)
+  model = from_tensors(cfg, _read_safetensors(directory), str(directory))
+  return model, load_tokenizer(directory, cfg.vocab_size)
+
+
+def load_tokenizer(directory: str | os.PathLike, vocab_size: int | None = None):
+  """A transformers fast tokenizer from `directory` (None if it has none).
+
+  Raises if the tokenizer has more tokens than the model's embedding table.
+  """
+  directory = pathlib.Path(directory)
+  if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer.model").exists():
+    return None
+  from transformers import AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(str(directory))
+  if vocab_size is not None and len(tok) > vocab_size:
+    raise ConfigError(f"{directory}: tokenizer has {len(tok)} tokens but the model's vocabulary is {vocab_size}; "
+                      "they do not belong together")
+  return tok
+
+
+def load(spec: str, dtype: str = "float32"):
+  """(model, tokenizer or None) from a HF dir, one of our checkpoints, or `hf:<repo>`."""
+  if not spec:
+    raise ConfigError("config.init_from: empty; give a HF model directory, a checkpoint of ours, or hf:<repo id>")
+  if spec.startswith("hf:"):
+    return load_hf_dir(_download(spec[3:]), dtype)
+  path = pathlib.Path(spec).expanduser()
+  if not path.exists():
+    raise DataError(f"config.init_from: path does not exist: {path}")
+  if (path / "config.json").exists():
+    return load_hf_dir(path, dtype)
+  from llamalogue import checkpoint
+  return checkpoint.load_model(path, dtype)
+
+
+def _download(repo_id: str) -> pathlib.Path:
+  try:
+    from huggingface_hub import snapshot_download
+    return pathlib.Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"]))
+  except Exception as e:
+    raise LlamalogueError(f"hf:{repo_id}: cannot download from the Hugging Face hub ({type(e).__name__}); "
+                          "offline? download it elsewhere and pass the directory") from e
+
+
+# ---------------------------------------------------------------------------- export
+
+def export(model: model_lib.Llama, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Writes a directory that transformers' AutoModelForCausalLM (and AutoTokenizer) load.
+
+  Written to a temporary sibling directory first, then renamed: never half-written.
+  """
+  from safetensors.numpy import save_file
+  out_dir = pathlib.Path(out_dir)
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
+  try:
+    eos = None
+    if tokenizer_dir is not None:
+      for name in TOKENIZER_FILES:
+        if (pathlib.Path(tokenizer_dir) / name).exists():
+          shutil.copy2(pathlib.Path(tokenizer_dir) / name, tmp / name)
+      tok = load_tokenizer(tmp, model.cfg.vocab_size)
+      eos = tok.eos_token_id if tok is not None else None
+    save_file(to_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config_to_hf(model.cfg, eos), indent=2))
+    gen = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+    (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    if out_dir.exists():
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+  return out_dir
+
+
+def _find_tokenizer_dir(spec: str) -> pathlib.Path | None:
+  """The directory holding tokenizer.json for a HF dir or one of our checkpoints."""
+  path = pathlib.Path(spec)
+  for candidate in [path, *path.parents][:5]:
+    for sub in (candidate, candidate / "tokenizer", candidate / "data"):
+      if (sub / "tokenizer.json").exists():
+        return sub
+  return None
+
+
+def run_export(config: Any, workdir: str) -> None:
+  """`export` mode: config.init_from -> a HF directory in `workdir`."""
+  model, _ = load(config.init_from)
+  tok_dir = config.get("tokenizer_dir") or _find_tokenizer_dir(config.init_from)
+  out = export(model, pathlib.Path(workdir), tok_dir)
+  print(f"exported {config.init_from} -> {out} ({model_lib.count_params(model.cfg):,} parameters"
+        f"{', with tokenizer' if tok_dir else ', no tokenizer found'})")

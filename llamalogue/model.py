@@ -1,0 +1,231 @@
+"""A Llama decoder in Flax NNX whose parameter names mirror Hugging Face's LlamaForCausalLM.
+
+RMSNorm, rotary embeddings in the HF rotate-half layout, multi-head or grouped-query
+attention, SwiGLU MLP, tied or untied output head. Parameters are float32; `dtype`
+picks the compute dtype (float32 or bfloat16). Dense kernels are stored `[in, out]`
+(HF stores `[out, in]`: import/export transposes, see hf.py).
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llamalogue.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  intermediate_size: int
+  head_dim: int = 0               # 0: hidden_size // num_heads
+  rope_theta: float = 10_000.0
+  rms_norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  max_seq_len: int = 2048
+  initializer_range: float = 0.02
+  dtype: str = "float32"          # compute dtype; params are always float32
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_heads
+
+  def validate(self) -> "LlamaConfig":
+    if self.num_heads % self.num_kv_heads:
+      raise ConfigError(f"model: num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+    if not self.head_dim and self.hidden_size % self.num_heads:
+      raise ConfigError(f"model: hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+    if self.dim_per_head % 2:
+      raise ConfigError(f"model: head dim {self.dim_per_head} must be even for rotary embeddings")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ConfigError(f"model.dtype: {self.dtype!r} is not float32 or bfloat16")
+    return self
+
+
+PRESETS = {
+    # The study's model (STUDY.md §3): 134.8 M parameters with vocab 8,465.
+    "llamalogue_135m": LlamaConfig(vocab_size=8_465, hidden_size=1024, num_layers=16, num_heads=16,
+                                   num_kv_heads=16, intermediate_size=1024, tie_embeddings=False),
+    # HuggingFaceTB/SmolLM2-135M (also the shape of the GGUF teacher).
+    "smollm2_135m": LlamaConfig(vocab_size=49_152, hidden_size=576, num_layers=30, num_heads=9,
+                                num_kv_heads=3, intermediate_size=1536, rope_theta=100_000.0,
+                                rms_norm_eps=1e-5, tie_embeddings=True, max_seq_len=8192),
+    # A CPU-sized model for tests and the quick start.
+    "tiny": LlamaConfig(vocab_size=1_024, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4,
+                        intermediate_size=688, tie_embeddings=False, max_seq_len=512),
+}
+
+
+def config_from(model_cfg: Any, vocab_size: int = 0) -> LlamaConfig:
+  """A LlamaConfig from a `config.model` ConfigDict: a preset plus any field given there."""
+  preset = model_cfg.get("preset", "tiny")
+  if preset not in PRESETS:
+    raise ConfigError(f"config.model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+  fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+  updates = {k: v for k, v in model_cfg.items() if k in fields and v not in (None, 0, "")}
+  if vocab_size and not updates.get("vocab_size"):
+    updates["vocab_size"] = vocab_size
+  return dataclasses.replace(PRESETS[preset], **updates).validate()
+
+
+def count_params(cfg: LlamaConfig) -> int:
+  """Closed-form parameter count; equals the count of an initialised model."""
+  h, i, v, d = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.dim_per_head
+  attn = h * cfg.num_heads * d * 2 + h * cfg.num_kv_heads * d * 2
+  per_layer = attn + 3 * h * i + 2 * h
+  head = 0 if cfg.tie_embeddings else v * h
+  return cfg.num_layers * per_layer + v * h + head + h
+
+
+def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6N + 12·L·H·Q·T (nanoGPT / PaLM).
+
+  N counts the parameters used in matmuls: the input embedding is a lookup, so an
+  untied model's embedding table is left out; a tied one is the output head.
+  """
+  n = count_params(cfg) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
+  return 6 * n + 12 * cfg.num_layers * cfg.num_heads * cfg.dim_per_head * seq_len
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float) -> nnx.Param:
+  return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float):
+    self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x = x_BxLxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (self.weight[...] * x).astype(x_BxLxD.dtype)
+
+
+class Linear(nnx.Module):
+  """A bias-free dense layer, kernel `[in, out]`, computed in `dtype`."""
+
+  def __init__(self, d_in: int, d_out: int, std: float, dtype, *, rngs: nnx.Rngs):
+    self.kernel = _normal(rngs, (d_in, d_out), std)
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+
+
+def rope_cos_sin(positions_BxL: jax.Array, dim: int, theta: float):
+  """HF rotate-half rotary tables, each `[B, L, dim]`."""
+  inv_freq_K = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  freqs_BxLxK = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_K
+  emb_BxLxD = jnp.concatenate([freqs_BxLxK, freqs_BxLxK], axis=-1)
+  return jnp.cos(emb_BxLxD), jnp.sin(emb_BxLxD)
+
+
+def apply_rope(x_BxLxHxD: jax.Array, cos_BxLxD: jax.Array, sin_BxLxD: jax.Array) -> jax.Array:
+  x1, x2 = jnp.split(x_BxLxHxD, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  cos, sin = cos_BxLxD[:, :, None, :], sin_BxLxD[:, :, None, :]
+  return (x_BxLxHxD.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x_BxLxHxD.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, dtype, *, rngs: nnx.Rngs):
+    h, d, std = cfg.hidden_size, cfg.dim_per_head, cfg.initializer_range
+    self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, d
+    self.q_proj = Linear(h, cfg.num_heads * d, std, dtype, rngs=rngs)
+    self.k_proj = Linear(h, cfg.num_kv_heads * d, std, dtype, rngs=rngs)
+    self.v_proj = Linear(h, cfg.num_kv_heads * d, std, dtype, rngs=rngs)
+    self.o_proj = Linear(cfg.num_heads * d, h, std, dtype, rngs=rngs)
+
+  def __call__(self, x_BxLxD, cos_BxLxK, sin_BxLxK):
+    b, l, _ = x_BxLxD.shape
+    q_BxLxHxK = self.q_proj(x_BxLxD).reshape(b, l, self.num_heads, self.head_dim)
+    k_BxLxGxK = self.k_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
+    v_BxLxGxK = self.v_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
+    q_BxLxHxK = apply_rope(q_BxLxHxK, cos_BxLxK, sin_BxLxK)
+    k_BxLxGxK = apply_rope(k_BxLxGxK, cos_BxLxK, sin_BxLxK)
+    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, is_causal=True)
+    return self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, dtype, *, rngs: nnx.Rngs):
+    h, i, std = cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range
+    self.gate_proj = Linear(h, i, std, dtype, rngs=rngs)
+    self.up_proj = Linear(h, i, std, dtype, rngs=rngs)
+    self.down_proj = Linear(i, h, std, dtype, rngs=rngs)
+
+  def __call__(self, x_BxLxD):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x_BxLxD)) * self.up_proj(x_BxLxD))
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, dtype, *, rngs: nnx.Rngs):
+    self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+    self.self_attn = Attention(cfg, dtype, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+    self.mlp = MLP(cfg, dtype, rngs=rngs)
+
+  def __call__(self, x_BxLxD, cos, sin):
+    x_BxLxD = x_BxLxD + self.self_attn(self.input_layernorm(x_BxLxD), cos, sin)
+    return x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
+
+
+class Llama(nnx.Module):
+  """`Llama(cfg, rngs=nnx.Rngs(0))(tokens_BxL) -> logits_BxLxV` (float32 logits)."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    cfg.validate()
+    self.cfg = cfg
+    dtype = jnp.dtype(cfg.dtype)
+    self.embed_tokens = _normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.initializer_range)
+    self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+    if not cfg.tie_embeddings:
+      self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, cfg.initializer_range, dtype, rngs=rngs)
+
+  def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None) -> jax.Array:
+    dtype = jnp.dtype(self.cfg.dtype)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+    cos, sin = rope_cos_sin(positions_BxL, self.cfg.dim_per_head, self.cfg.rope_theta)
+    x_BxLxD = jnp.take(self.embed_tokens[...], tokens_BxL, axis=0).astype(dtype)
+    for layer in self.layers:
+      x_BxLxD = layer(x_BxLxD, cos, sin)
+    x_BxLxD = self.norm(x_BxLxD)
+    if self.cfg.tie_embeddings:
+      logits_BxLxV = x_BxLxD @ self.embed_tokens[...].astype(dtype).T
+    else:
+      logits_BxLxV = self.lm_head(x_BxLxD)
+    return logits_BxLxV.astype(jnp.float32)
+
+
+def token_logprobs(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """log p(target) at each position, float32."""
+  logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+  picked_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  return picked_BxL - logz_BxL
+
+
+def next_token_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict) -> tuple[jax.Array, jax.Array]:
+  """Summed masked next-token cross-entropy and the token count: a pure function of (params, batch).
+
+  `batch` holds `inputs` and `targets` (int32 `[B, L]`) and `loss_mask` (float `[B, L]`).
+  Returns `(loss_sum, num_tokens)`; the mean loss is their ratio (kept apart so that
+  gradient accumulation over micro-batches is exact).
+  """
+  model = nnx.merge(graphdef, params)
+  logits_BxLxV = model(batch["inputs"])
+  nll_BxL = -token_logprobs(logits_BxLxV, batch["targets"])
+  mask_BxL = batch["loss_mask"].astype(jnp.float32)
+  return jnp.sum(nll_BxL * mask_BxL), jnp.sum(mask_BxL)
