@@ -1,0 +1,277 @@
+"""Batched, jitted log-probability scoring of a character span of each text.
+
+A request is `(text, span_start)`: the scored span is `text[span_start:]` (0 = the
+whole text). Tokens whose character end lies past `span_start` are scored, from
+the first such token to the end; the text's first token (a BOS if the tokenizer
+adds one) is never scored, as it has no context. Two conventions:
+
+* `study` -- the study's scripts: minicons `IncrementalLMScorer.sequence_score` /
+  `conditional_score` with `reduction=sum, bow_correction=True`. Every scored
+  token k gets the beginning-of-word correction of Pimentel & Meister (2024) as
+  minicons applies it: `+ log P(next token starts a word | t_<=k)` when t_k ends a
+  word (the next token starts with the tokenizer's space symbol, or t_k is last),
+  `- log P(t_k starts a word | t_<k)` when t_k starts a word (never for the first
+  scored token). With a sum this telescopes to `+ log P(bow | whole text)`.
+  A tokenizer without a space symbol (minicons `is_bow_tokenizer`) gets no correction.
+* `babylm2025` -- the BabyLM 2025 pipeline: plain sum over the scored span.
+
+Texts are bucketed by length (padded to a multiple of `pad_multiple`) with a
+fixed batch size per bucket, so each bucket compiles once. Right padding is safe
+for a causal model: positions before a pad never see it.
+"""
+
+import dataclasses
+from typing import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llamalogue.errors import ConfigError, DataError
+
+CONVENTIONS = ("study", "babylm2025")
+
+
+# ---------------------------------------------------------------------------- tokenizer side
+
+def bow_vocab_mask(tokenizer, vocab_size: int) -> np.ndarray | None:
+  """`[V]` bool: token ids starting with the space symbol, as minicons decides; None if none.
+
+  minicons takes the first character of the token that `" "` encodes to as the
+  beginning-of-word symbol (byte-level BPE: `Ġ`); it is not one when it equals the
+  BOS or EOS token. Added tokens with `lstrip` count as word-initial too.
+  """
+  try:
+    ids = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    symbol = tokenizer.convert_ids_to_tokens(ids[0])[0]
+  except Exception:  # as minicons: any failure means "no bow symbol"
+    symbol = None
+  if symbol is None or symbol in (tokenizer.bos_token, tokenizer.eos_token):
+    return None
+  mask_V = np.zeros(vocab_size, bool)
+  for token, idx in tokenizer.get_vocab().items():
+    if idx < vocab_size and token[:1] == symbol:
+      mask_V[idx] = True
+  for idx, added in tokenizer.added_tokens_decoder.items():
+    if idx < vocab_size and getattr(added, "lstrip", False):
+      mask_V[idx] = True
+  return mask_V
+
+
+def first_in_span(offsets: Sequence[tuple[int, int]], span_start: int) -> int:
+  """Index of the first token whose character end lies past `span_start` (len if none)."""
+  for i, (_, end) in enumerate(offsets):
+    if end > span_start:
+      return i
+  return len(offsets)
+
+
+def encode(tokenizer, texts: Sequence[str], span_starts: Sequence[int]) -> tuple[list[list[int]], np.ndarray]:
+  """Token ids of each text (special tokens as the tokenizer adds them) and the first scored index."""
+  if not getattr(tokenizer, "is_fast", False):
+    raise ConfigError("evaluation needs a fast (Rust) tokenizer: character offsets come from it")
+  enc = tokenizer(list(texts), return_offsets_mapping=True, return_attention_mask=False)
+  ids = [list(x) for x in enc["input_ids"]]
+  first = np.array([max(1, first_in_span(off, s)) for off, s in zip(enc["offset_mapping"], span_starts)],
+                   dtype=np.int64)
+  return ids, first
+
+
+# ---------------------------------------------------------------------------- numerics
+
+def token_stats(logits_BxLxV: jax.Array, tokens_BxL: jax.Array, bow_V: jax.Array | None):
+  """Per-position log-probabilities of the actual tokens and of "next token starts a word".
+
+  Returns `tok_lp_BxL` with `tok_lp[:, k] = log p(t_k | t_<k)` (0 at k = 0) and
+  `bow_lp_BxL` with `bow_lp[:, k] = log P(t_{k+1} is word-initial | t_<=k)` (zeros if
+  `bow_V` is None).
+  """
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+  picked_BxL = jnp.take_along_axis(logits_BxLxV[:, :-1], tokens_BxL[:, 1:, None], axis=-1)[..., 0]
+  tok_lp_BxL = jnp.pad(picked_BxL - logz_BxL[:, :-1], ((0, 0), (1, 0)))
+  if bow_V is None:
+    return tok_lp_BxL, jnp.zeros_like(tok_lp_BxL)
+  bow_logz_BxL = jax.nn.logsumexp(jnp.where(bow_V, logits_BxLxV, -jnp.inf), axis=-1)
+  return tok_lp_BxL, bow_logz_BxL - logz_BxL
+
+
+def span_scores(tok_lp_BxL: np.ndarray, bow_lp_BxL: np.ndarray, is_bow_BxL: np.ndarray,
+                lengths_B: np.ndarray, first_B: np.ndarray, bow_correction: bool) -> np.ndarray:
+  """Summed score of tokens `first..length-1` of each row, per-token as minicons computes it."""
+  k_1xL = np.arange(tok_lp_BxL.shape[1])[None, :]
+  n_Bx1 = np.asarray(lengths_B)[:, None]
+  s_Bx1 = np.maximum(np.asarray(first_B), 1)[:, None]
+  scored_BxL = (k_1xL >= s_Bx1) & (k_1xL < n_Bx1)
+  per_tok_BxL = np.where(scored_BxL, tok_lp_BxL, 0.0).astype(np.float64)
+  if bow_correction:
+    next_is_bow_BxL = np.zeros_like(is_bow_BxL)
+    next_is_bow_BxL[:, :-1] = is_bow_BxL[:, 1:]
+    ends_word_BxL = scored_BxL & ((k_1xL == n_Bx1 - 1) | next_is_bow_BxL)
+    starts_word_BxL = scored_BxL & (k_1xL > s_Bx1) & is_bow_BxL
+    prev_bow_lp_BxL = np.zeros_like(bow_lp_BxL)
+    prev_bow_lp_BxL[:, 1:] = bow_lp_BxL[:, :-1]
+    per_tok_BxL = (per_tok_BxL + np.where(ends_word_BxL, bow_lp_BxL, 0.0)
+                   - np.where(starts_word_BxL, prev_bow_lp_BxL, 0.0))
+  return per_tok_BxL.sum(axis=1)
+
+
+# ---------------------------------------------------------------------------- batching
+
+def batch_size_for(pad_len: int, batch_tokens: int, max_batch: int) -> int:
+  """A power-of-two batch size with about `batch_tokens` tokens per batch."""
+  b = max(1, batch_tokens // pad_len)
+  return min(max_batch, 1 << (b.bit_length() - 1))
+
+
+def plan_batches(lengths: Sequence[int], pad_multiple: int, batch_tokens: int,
+                 max_batch: int) -> list[tuple[int, int, np.ndarray]]:
+  """Groups row indices into `(batch_size, pad_len, rows)` buckets, shortest first."""
+  lengths = np.asarray(lengths, dtype=np.int64)
+  pad_N = np.maximum(pad_multiple, -(-lengths // pad_multiple) * pad_multiple)
+  order = np.argsort(lengths, kind="stable")
+  plans = []
+  for pad_len in np.unique(pad_N):
+    same = order[pad_N[order] == pad_len]
+    bsz = batch_size_for(int(pad_len), batch_tokens, max_batch)
+    for start in range(0, len(same), bsz):
+      plans.append((bsz, int(pad_len), same[start:start + bsz]))
+  return plans
+
+
+# ---------------------------------------------------------------------------- scorer
+
+@dataclasses.dataclass
+class Scorer:
+  """Scores `(text, span_start)` requests with a causal LM.
+
+  `apply_fn(params, tokens_BxL) -> logits_BxLxV` must be jit-traceable.
+  """
+  apply_fn: Callable
+  params: object
+  tokenizer: object
+  vocab_size: int
+  convention: str = "study"
+  pad_multiple: int = 16
+  batch_tokens: int = 4096
+  max_batch: int = 64
+  max_len: int = 0                # 0: no limit; longer texts raise
+  jit: bool = True
+
+  def __post_init__(self):
+    if self.convention not in CONVENTIONS:
+      raise ConfigError(f"config.convention: {self.convention!r} is not one of {CONVENTIONS}")
+    if self.tokenizer is None:
+      raise ConfigError("evaluation needs a tokenizer: none was found beside the checkpoint")
+    if len(self.tokenizer) > self.vocab_size:
+      raise ConfigError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is "
+                        f"{self.vocab_size}: checkpoint and tokenizer do not belong together")
+    self.bow_V = bow_vocab_mask(self.tokenizer, self.vocab_size)
+    self.bow_correction = self.convention == "study" and self.bow_V is not None
+    self.pad_id = self.tokenizer.pad_token_id
+    if self.pad_id is None:
+      self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+    bow = jnp.asarray(self.bow_V) if self.bow_correction else None
+
+    def stats(params, tokens_BxL):
+      return token_stats(self.apply_fn(params, tokens_BxL), tokens_BxL, bow)
+
+    self._stats = jax.jit(stats) if self.jit else stats
+    self.is_bow_V = self.bow_V if self.bow_V is not None else np.zeros(self.vocab_size, bool)
+
+  @classmethod
+  def from_model(cls, model, tokenizer, **kwargs) -> "Scorer":
+    """A scorer for a Flax NNX model: `model(tokens_BxL) -> logits_BxLxV`."""
+    from flax import nnx
+    graphdef, state = nnx.split(model)
+    vocab = model.cfg.vocab_size if hasattr(model, "cfg") else kwargs.pop("vocab_size")
+    return cls(lambda p, t: nnx.merge(graphdef, p)(t), state, tokenizer, vocab, **kwargs)
+
+  def describe(self) -> dict:
+    """What a result file records about how scores were computed."""
+    return {"convention": self.convention, "bow_correction": self.bow_correction,
+            "first_token_scored": False, "bos_added": self._adds_bos(),
+            "reduction": "sum", "log_base": "e", "pair_rule": "correct iff right item scores strictly higher"}
+
+  def _adds_bos(self) -> bool:
+    bos = self.tokenizer.bos_token_id
+    ids = self.tokenizer("a")["input_ids"]
+    return bos is not None and len(ids) > 0 and ids[0] == bos
+
+  def score(self, texts: Sequence[str], span_starts: Sequence[int] | None = None,
+            progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Summed log-probability (nats) of the span of each text, float64 `[N]`."""
+    if span_starts is None:
+      span_starts = [0] * len(texts)
+    ids, first = encode(self.tokenizer, texts, span_starts)
+    return self.score_ids(ids, first, self.bow_correction, progress)
+
+  def next_token_logprobs(self, contexts: Sequence[str], target_ids: Sequence[int],
+                          progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """log p(target | context) for one next token each (context tokenized with special tokens)."""
+    ids, _ = encode(self.tokenizer, contexts, [0] * len(contexts))
+    ids = [row + [int(t)] for row, t in zip(ids, target_ids)]
+    first = np.array([len(row) - 1 for row in ids])
+    return self.score_ids(ids, first, False, progress)
+
+  def score_ids(self, ids: Sequence[Sequence[int]], first: Sequence[int], bow_correction: bool,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Scores token-id rows from index `first` on; rows are bucketed and padded."""
+    lengths = np.array([len(r) for r in ids], dtype=np.int64)
+    self._check(ids, lengths)
+    out = np.zeros(len(ids), np.float64)
+    first = np.asarray(first)
+    for bsz, pad_len, rows in plan_batches(lengths, self.pad_multiple, self.batch_tokens, self.max_batch):
+      tokens_BxL = np.full((bsz, pad_len), self.pad_id, np.int32)
+      for b, r in enumerate(rows):
+        tokens_BxL[b, :lengths[r]] = ids[r]
+      tok_lp, bow_lp = jax.device_get(self._stats(self.params, jnp.asarray(tokens_BxL)))
+      n = len(rows)
+      out[rows] = span_scores(np.asarray(tok_lp[:n]), np.asarray(bow_lp[:n]), self.is_bow_V[tokens_BxL[:n]],
+                              lengths[rows], first[rows], bow_correction)
+      if progress is not None:
+        progress(n)
+    return out
+
+  def _check(self, ids, lengths):
+    if not len(ids):
+      return
+    top = max((max(r) for r in ids if len(r)), default=0)
+    if top >= self.vocab_size:
+      raise DataError(f"the tokenizer produced token id {top} but the model's vocabulary is {self.vocab_size}: "
+                      "checkpoint and tokenizer do not belong together")
+    if self.max_len and int(lengths.max()) > self.max_len:
+      raise DataError(f"a text has {int(lengths.max())} tokens, more than the model's maximum {self.max_len}")
+
+
+# ---------------------------------------------------------------------------- decisions
+
+def pair_correct(good: np.ndarray, bad: np.ndarray) -> np.ndarray:
+  """A pair is correct only if the right item scores strictly higher."""
+  return np.asarray(good) > np.asarray(bad)
+
+
+def choice_correct(scores_NxK: np.ndarray, label: int = 0) -> np.ndarray:
+  """Correct iff option `label` scores strictly higher than every other option."""
+  scores_NxK = np.asarray(scores_NxK)
+  others = np.delete(scores_NxK, label, axis=1)
+  return scores_NxK[:, label] > others.max(axis=1)
+
+
+def softmax_first(scores_NxK: np.ndarray) -> np.ndarray:
+  """Probability of the first option under a softmax over summed log-probs (BabyLM wug)."""
+  s = np.asarray(scores_NxK, np.float64)
+  s = s - s.max(axis=1, keepdims=True)
+  e = np.exp(s)
+  return e[:, 0] / e.sum(axis=1)
+
+
+def unique_requests(requests: Iterable[tuple[str, int]]) -> tuple[list[tuple[str, int]], np.ndarray]:
+  """Distinct requests and, for each input request, its index among them."""
+  index, uniq, where = {}, [], []
+  for req in requests:
+    if req not in index:
+      index[req] = len(uniq)
+      uniq.append(req)
+    where.append(index[req])
+  return uniq, np.asarray(where, dtype=np.int64)
