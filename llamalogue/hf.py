@@ -93,30 +93,34 @@ def abstract_model(cfg: model_lib.LlamaConfig):
   return nnx.split(nnx.eval_shape(lambda: model_lib.Llama(cfg, rngs=nnx.Rngs(0))))
 
 
+def _key(path) -> tuple:
+  return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+
+
 def from_tensors(cfg: model_lib.LlamaConfig, tensors: dict[str, np.ndarray], source: str) -> model_lib.Llama:
   """Builds our model from HF-named tensors (any float dtype; stored as float32)."""
   graphdef, state = abstract_model(cfg)
-  flat = []
-  for path, var in state.flat_state():
-    name, transpose = _hf_name(path)
+
+  def take(path, abstract):
+    name, transpose = _hf_name(_key(path))
     if name not in tensors:
       raise DataError(f"{source}: missing tensor {name}")
     value = np.asarray(tensors[name], dtype=np.float32)
-    if transpose:
-      value = value.T
-    if value.shape != var.shape:
-      raise DataError(f"{source}: tensor {name} has shape {value.shape}, expected {var.shape} from config.json")
-    flat.append((path, jnp.asarray(value)))
-  nnx.replace_by_pure_dict(state, nnx.State.from_flat_path(flat).to_pure_dict())
-  return nnx.merge(graphdef, state)
+    value = value.T if transpose else value
+    if value.shape != abstract.shape:
+      raise DataError(f"{source}: tensor {name} has shape {value.shape}, expected {abstract.shape} from config.json")
+    return jnp.asarray(value)
+
+  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(take, state.to_pure_dict()))
 
 
 def to_tensors(model: model_lib.Llama) -> dict[str, np.ndarray]:
   """HF-named float32 numpy tensors of our model."""
   out = {}
-  for path, var in nnx.state(model, nnx.Param).flat_state():
-    name, transpose = _hf_name(path)
-    value = np.asarray(jax.device_get(var[...]), dtype=np.float32)
+  leaves, _ = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param).to_pure_dict())
+  for path, value in leaves:
+    name, transpose = _hf_name(_key(path))
+    value = np.asarray(jax.device_get(value), dtype=np.float32)
     out[name] = np.ascontiguousarray(value.T if transpose else value)
   return out
 

@@ -1,0 +1,132 @@
+"""The optimizer and the sharded, jitted train step, shared by pre-training and DPO.
+
+A train state is a plain pytree `{'params', 'opt_state', 'step'}`; params are the pure
+dict of the NNX model's parameters (`nnx.merge(graphdef, params)` rebuilds the module).
+The step is a pure function `(state, batch) -> (state, metrics)` compiled by `jax.jit`
+with `in_shardings`/`out_shardings` and the state donated.
+
+A loss function has the signature `loss_fn(params, micro_batch) -> (loss_sum, count)`:
+returning sums (not means) makes gradient accumulation exact: the accumulated
+gradient is `sum of grads of loss_sum / total count`, whatever the micro-batching.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from llamalogue import sharding as sharding_lib
+
+LossFn = Callable[[Any, dict], tuple[jax.Array, jax.Array]]
+
+
+def init_params(model_cfg, seed: int) -> tuple[nnx.GraphDef, dict]:
+  """(graphdef, float32 params as a pure dict) of a freshly initialised Llama."""
+  from llamalogue.model import Llama
+  graphdef, state = nnx.split(Llama(model_cfg, rngs=nnx.Rngs(params=seed)))
+  return graphdef, state.to_pure_dict()
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
+  graphdef, state = nnx.split(model)
+  return graphdef, state.to_pure_dict()
+
+
+def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(tx, lr schedule): AdamW with linear warmup + cosine decay (or linear decay), global-norm clipping.
+
+  Weight decay applies to matrices only (not norms). `opt_cfg` fields: lr, warmup_steps,
+  schedule ('cosine' | 'linear' | 'constant'), min_lr_ratio, b1, b2, eps, weight_decay, grad_clip.
+  """
+  lr, warmup = opt_cfg.lr, min(opt_cfg.warmup_steps, max(total_steps - 1, 0))
+  kind = opt_cfg.get("schedule", "cosine")
+  if kind == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1),
+                                                  end_value=lr * opt_cfg.get("min_lr_ratio", 0.1))
+  elif kind == "linear":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1))],
+        [warmup]) if warmup else optax.linear_schedule(lr, 0.0, max(total_steps, 1))
+  elif kind == "constant":
+    schedule = optax.constant_schedule(lr)
+  else:
+    from llamalogue.errors import ConfigError
+    raise ConfigError(f"config.optimizer.schedule: unknown schedule {kind!r} (cosine, linear, constant)")
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.get("grad_clip", 0) else optax.identity(),
+      optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+                  weight_decay=opt_cfg.weight_decay, mask=decay_mask),
+  ), schedule
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def _accumulate(loss_fn: LossFn, params, batch_AxB):
+  """Sums of loss, count and gradient over the leading micro-batch axis (lax.scan)."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def body(carry, micro):
+    g_sum, l_sum, n_sum = carry
+    (loss, n), g = grad_fn(params, micro)
+    return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss, n_sum + n), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (g_sum, l_sum, n_sum), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), batch_AxB)
+  return g_sum, l_sum, n_sum
+
+
+def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, batch_AxB: dict):
+  """One optimizer step over `A` accumulated micro-batches (every batch leaf is `[A, b, ...]`).
+
+  A non-finite loss or gradient leaves the state unchanged and reports `finite=0`,
+  so a checkpoint never holds NaNs; the loop stops on it.
+  """
+  params = state["params"]
+  g_sum, l_sum, n_sum = _accumulate(loss_fn, params, batch_AxB)
+  n = jnp.maximum(n_sum, 1.0)
+  grads = jax.tree.map(lambda g: g / n, g_sum)
+  loss = l_sum / n
+  grad_norm = _global_norm(grads)
+  updates, opt_state = tx.update(grads, state["opt_state"], params)
+  new_params = optax.apply_updates(params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = {"params": keep(new_params, params), "opt_state": keep(opt_state, state["opt_state"]),
+               "step": state["step"] + finite.astype(jnp.int32)}
+  metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": n_sum, "finite": finite}
+  return new_state, metrics
+
+
+def jit_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh, state_shardings):
+  """`train_step` under jax.jit with explicit shardings and the state donated."""
+  return jax.jit(
+      lambda state, batch: train_step(loss_fn, tx, state, batch),
+      in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh, leading_dims=1)),
+      out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+      donate_argnums=(0,))
+
+
+def jit_eval_loss(loss_fn: LossFn, mesh, params_shardings):
+  """Summed loss and count of one batch `[b, ...]`, sharded like the train step."""
+  return jax.jit(loss_fn, in_shardings=(params_shardings, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=sharding_lib.replicated(mesh))
+
+
+def abstract_state(params_fn: Callable[[], dict], tx) -> dict:
+  """Shapes and dtypes of a train state without computing it."""
+  return jax.eval_shape(lambda: init_state(params_fn(), tx))
+
+
+def lm_loss(graphdef: nnx.GraphDef) -> LossFn:
+  """The next-token loss of model.py bound to a graphdef."""
+  from llamalogue.model import next_token_loss
+  return lambda params, batch: next_token_loss(params, graphdef, batch)

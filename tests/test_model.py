@@ -1,0 +1,99 @@
+"""Model: parameter counts, causality by gradients, bf16 compute, loss mask."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llamalogue import model as M
+
+
+@pytest.mark.parametrize("name", sorted(M.PRESETS))
+def test_param_count_matches_model(name):
+  cfg = M.PRESETS[name]
+  abstract = nnx.eval_shape(lambda: M.Llama(cfg, rngs=nnx.Rngs(0)))
+  actual = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert M.count_params(cfg) == actual
+
+
+def test_study_model_is_135m():
+  cfg = M.PRESETS["llamalogue_135m"]
+  h, i, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
+  assert M.count_params(cfg) == L * (4 * h * h + 3 * h * i + 2 * h) + 2 * V * h + h == 134_810_624
+
+
+def _small(**kw):
+  base = dict(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48)
+  base.update(kw)
+  return M.LlamaConfig(**base)
+
+
+def test_causality_by_gradients():
+  model = M.Llama(_small(), rngs=nnx.Rngs(0))
+  emb_table = model.embed_tokens[...]
+  tokens = jnp.array([[3, 14, 15, 9, 26, 5, 35, 8]])
+  x = jnp.take(emb_table, tokens, axis=0)
+
+  def logits_from_embeddings(x_BxLxD, t):
+    # The sum of logits at position t, as a function of all input embeddings.
+    graphdef, state = nnx.split(model)
+    m = nnx.merge(graphdef, state)
+    cos, sin = M.rope_cos_sin(jnp.arange(8)[None], m.cfg.dim_per_head, m.cfg.rope_theta)
+    h = x_BxLxD
+    for layer in m.layers:
+      h = layer(h, cos, sin)
+    return (m.lm_head(m.norm(h))[0, t]).sum()
+
+  for t in range(8):
+    g = jax.grad(logits_from_embeddings)(x, t)
+    norms = jnp.abs(g[0]).sum(-1)
+    assert jnp.all(norms[t + 1:] == 0), f"logit {t} depends on a later token"
+    assert jnp.all(norms[: t + 1] > 0), f"logit {t} ignores an earlier token"
+
+
+def test_changing_a_token_changes_no_earlier_logit():
+  model = M.Llama(_small(), rngs=nnx.Rngs(1))
+  a = jnp.array([[1, 2, 3, 4, 5, 6]])
+  b = a.at[0, 3].set(40)
+  la, lb = model(a), model(b)
+  np.testing.assert_array_equal(np.asarray(la[:, :3]), np.asarray(lb[:, :3]))
+  assert not np.allclose(np.asarray(la[:, 3:]), np.asarray(lb[:, 3:]))
+
+
+def test_bf16_compute_close_to_fp32_and_params_stay_fp32():
+  cfg = _small()
+  m32 = M.Llama(cfg, rngs=nnx.Rngs(0))
+  m16 = M.Llama(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(m16, nnx.Param)))
+  tokens = jnp.array([[1, 2, 3, 4, 5, 6, 7, 8]])
+  l32, l16 = m32(tokens), m16(tokens)
+  assert l16.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(l16), np.asarray(l32), atol=5e-2)
+
+
+def test_loss_mask_and_sum():
+  cfg = _small()
+  graphdef, state = nnx.split(M.Llama(cfg, rngs=nnx.Rngs(0)))
+  params = state.to_pure_dict()
+  inputs = jnp.array([[1, 2, 3, 4]])
+  targets = jnp.array([[2, 3, 4, 5]])
+  full = {"inputs": inputs, "targets": targets, "loss_mask": jnp.ones((1, 4))}
+  half = dict(full, loss_mask=jnp.array([[1.0, 1.0, 0.0, 0.0]]))
+  s_full, n_full = M.next_token_loss(params, graphdef, full)
+  s_half, n_half = M.next_token_loss(params, graphdef, half)
+  assert float(n_full) == 4 and float(n_half) == 2
+  logits = nnx.merge(graphdef, params)(inputs)
+  lp = jax.nn.log_softmax(logits, -1)
+  manual = -(lp[0, 0, 2] + lp[0, 1, 3])
+  np.testing.assert_allclose(float(s_half), float(manual), rtol=1e-6)
+  # Random init: loss near ln V.
+  assert abs(float(s_full / n_full) - np.log(cfg.vocab_size)) < 0.5
+
+
+def test_bad_config_names_the_field():
+  from llamalogue.errors import ConfigError
+  with pytest.raises(ConfigError, match="num_kv_heads"):
+    _small(num_heads=4, num_kv_heads=3).validate()
