@@ -7,6 +7,7 @@ Every user-facing failure ends with one line `error: ...` and exit status 2.
 """
 
 import importlib
+import os
 import sys
 
 from absl import app
@@ -58,13 +59,32 @@ def main(argv):
     _fail("interrupted; rerun the same command to resume from the last checkpoint")
 
 
+def _config_arg(argv) -> str | None:
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a[len("--config="):]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def run():
-  # Turn config-flag parsing errors (unknown key, wrong type) into one line.
+  """Parses flags, turning every config problem (missing file, unknown key, wrong type) into one line."""
+  config_arg = _config_arg(sys.argv)
+  if config_arg is not None:
+    path = config_arg.split(":")[0]
+    if not os.path.isfile(path):
+      _fail(f"--config: no such config file: {path}")
   try:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:
     _fail(str(e).splitlines()[0] if str(e) else repr(e))
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
+  except (KeyError, AttributeError) as e:
+    key = str(e).strip("\"' ")
+    bad = [a.split("=")[0] for a in sys.argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+    where = bad[0] if bad else "a --config override"
+    _fail(f"{where}: unknown config key {key!r} (see the config file for the valid keys)")
+  except (TypeError, ValueError) as e:
     _fail(f"bad --config override: {str(e).strip().splitlines()[0] if str(e) else repr(e)}")
   app.run(main, argv=argv, flags_parser=lambda a: a)
 

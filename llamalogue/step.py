@@ -29,6 +29,12 @@ def init_params(model_cfg, seed: int) -> tuple[nnx.GraphDef, dict]:
   return graphdef, state.to_pure_dict()
 
 
+def init_graphdef(model_cfg) -> nnx.GraphDef:
+  """The graphdef of a Llama, without allocating parameters."""
+  from llamalogue.model import Llama
+  return nnx.split(nnx.eval_shape(lambda: Llama(model_cfg, rngs=nnx.Rngs(0))))[0]
+
+
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
   graphdef, state = nnx.split(model)
   return graphdef, state.to_pure_dict()

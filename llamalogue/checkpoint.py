@@ -1,0 +1,146 @@
+"""Orbax checkpoints of a training run.
+
+Layout of a run directory:
+  checkpoints/
+    milestones/words_<N>/   kept forever, N = the word milestone (1M, 2M, ... 10M, 20M, ...)
+    latest/step_<S>/        the newest few, for resuming
+    model_config.json       the LlamaConfig of the run
+    tokenizer/              tokenizer.json and friends, so a checkpoint is self-contained
+
+Each checkpoint holds the whole train state (params, optimizer state, step) and a JSON
+`meta` item: words seen, the rng seed/state, the data-iterator position, the step.
+Orbax writes to a temporary directory and renames it when complete, so a killed
+run never leaves a checkpoint that looks finished but is not.
+
+Restoring takes target shardings, so a state saved on 8 devices restores onto 1 and back.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from llamalogue import model as model_lib
+from llamalogue.errors import DataError
+
+MILESTONES, LATEST = "milestones", "latest"
+
+
+def _manager(directory: pathlib.Path, prefix: str, max_to_keep: int | None) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, step_prefix=prefix, create=True,
+                                         enable_async_checkpointing=False, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+class RunCheckpoints:
+  """The milestone and latest checkpoint managers of one run directory."""
+
+  def __init__(self, run_dir: str | os.PathLike, keep_latest: int = 2):
+    self.root = pathlib.Path(run_dir) / "checkpoints"
+    self.root.mkdir(parents=True, exist_ok=True)
+    self.milestones = _manager(self.root / MILESTONES, "words", None)
+    self.latest = _manager(self.root / LATEST, "step", keep_latest)
+
+  def write_run_files(self, model_cfg: model_lib.LlamaConfig, tokenizer_dir: str | os.PathLike | None) -> None:
+    _atomic_write(self.root / "model_config.json", json.dumps(dataclasses.asdict(model_cfg), indent=2))
+    if tokenizer_dir is not None and not (self.root / "tokenizer").exists():
+      tmp = self.root / ".tokenizer.tmp"
+      shutil.rmtree(tmp, ignore_errors=True)
+      tmp.mkdir()
+      for f in pathlib.Path(tokenizer_dir).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+          shutil.copy2(f, tmp / f.name)
+      os.replace(tmp, self.root / "tokenizer")
+
+  def save(self, state: Any, meta: dict, milestones: list[int] = ()) -> None:
+    """Saves to `latest` (step = meta['step']) and as words_<m> for each milestone m reached."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    for m in milestones:  # several at once only in tiny runs: the same state under each name
+      if m not in self.milestones.all_steps():
+        self.milestones.save(m, args=args)
+    if meta["step"] not in self.latest.all_steps():
+      self.latest.save(meta["step"], args=args, force=True)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
+    """(state, meta) of the newest complete checkpoint, placed by `abstract_state`'s shardings."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    out = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def close(self) -> None:
+    self.milestones.close()
+    self.latest.close()
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def milestone_dirs(run_dir: str | os.PathLike) -> list[tuple[int, pathlib.Path]]:
+  """[(words, checkpoint dir)] of a run's milestone checkpoints, by words seen."""
+  root = pathlib.Path(run_dir) / "checkpoints" / MILESTONES
+  out = []
+  for d in root.glob("words_*") if root.exists() else []:
+    suffix = d.name[len("words_"):]
+    if suffix.isdigit() and (d / "state").exists():
+      out.append((int(suffix), d))
+  return sorted(out)
+
+
+def _find_checkpoint(path: pathlib.Path) -> pathlib.Path:
+  """A concrete checkpoint dir from a step dir, a run dir or a checkpoints dir (newest)."""
+  if (path / "state").exists():
+    return path
+  for root in (path / "checkpoints" / LATEST, path / LATEST, path):
+    steps = sorted((d for d in root.glob("step_*") if (d / "state").exists()),
+                   key=lambda d: int(d.name.split("_")[1])) if root.exists() else []
+    if steps:
+      return steps[-1]
+  raise DataError(f"{path}: not a checkpoint, a run directory or a Hugging Face model directory")
+
+
+def _run_root(ckpt: pathlib.Path) -> pathlib.Path:
+  for parent in ckpt.parents:
+    if (parent / "model_config.json").exists():
+      return parent
+  raise DataError(f"{ckpt}: no model_config.json beside the checkpoint (expected in its checkpoints/ dir)")
+
+
+def load_model(path: str | os.PathLike, dtype: str = "float32"):
+  """(model, tokenizer or None) from one of our checkpoints or run directories."""
+  from flax import nnx
+  from llamalogue import hf
+
+  ckpt = _find_checkpoint(pathlib.Path(path))
+  root = _run_root(ckpt)
+  cfg_dict = json.loads((root / "model_config.json").read_text())
+  cfg = dataclasses.replace(model_lib.LlamaConfig(**cfg_dict), dtype=dtype).validate()
+  graphdef, abstract = hf.abstract_model(cfg)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract.to_pure_dict())
+  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  restored = ckptr.restore((ckpt / "state").absolute(), args=ocp.args.PyTreeRestore(
+      item={"params": target},
+      restore_args={"params": jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), target)},
+      partial_restore=True))
+  model = nnx.merge(graphdef, restored["params"])
+  tokenizer = hf.load_tokenizer(root / "tokenizer", cfg.vocab_size) if (root / "tokenizer").exists() else None
+  return model, tokenizer
+
+
+def read_meta(ckpt: str | os.PathLike) -> dict:
+  return json.loads((pathlib.Path(ckpt) / "meta" / "metadata").read_text()) if (
+      pathlib.Path(ckpt) / "meta" / "metadata").exists() else {}

@@ -1,0 +1,41 @@
+"""TensorBoard event files (written with the tensorboard package alone) and a JSONL log."""
+
+import json
+import os
+import pathlib
+import time
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class MetricWriter:
+  """`write(step, {'name': value})` -> DIR/tb event files and DIR/metrics.jsonl."""
+
+  def __init__(self, workdir: str | os.PathLike, subdir: str = "tb"):
+    workdir = pathlib.Path(workdir)
+    (workdir / subdir).mkdir(parents=True, exist_ok=True)
+    self._tb = EventFileWriter(str(workdir / subdir))
+    self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+
+  def write(self, step: int, scalars: dict) -> None:
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                       summary=summary_pb2.Summary(value=values)))
+    self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+  def flush(self) -> None:
+    self._tb.flush()
+    self._jsonl.flush()
+
+  def close(self) -> None:
+    self._tb.close()
+    self._jsonl.close()
+
+
+def read_scalars(tb_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+  """All scalars of the event files in `tb_dir`: {tag: [(step, value)]} (for tests and plots)."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  acc = EventAccumulator(str(tb_dir))
+  acc.Reload()
+  return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
