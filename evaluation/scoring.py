@@ -124,11 +124,26 @@ def batch_size_for(pad_len: int, batch_tokens: int, max_batch: int) -> int:
   return min(max_batch, 1 << (b.bit_length() - 1))
 
 
+def bucket_len(n: int, multiple: int) -> int:
+  """Padded length: a multiple of `multiple` up to 4 of them, then steps of about x1.5.
+
+  Few distinct lengths means few compilations; the geometric steps waste at most
+  about a third of a long batch on padding.
+  """
+  padded = max(multiple, -(-n // multiple) * multiple)
+  if padded <= 4 * multiple:
+    return padded
+  units = 4                       # 4, 6, 8, 12, 16, 24, ... times `multiple`
+  while units * multiple < padded:
+    units = units * 3 // 2 if units & (units - 1) == 0 else units * 4 // 3
+  return units * multiple
+
+
 def plan_batches(lengths: Sequence[int], pad_multiple: int, batch_tokens: int,
                  max_batch: int) -> list[tuple[int, int, np.ndarray]]:
   """Groups row indices into `(batch_size, pad_len, rows)` buckets, shortest first."""
   lengths = np.asarray(lengths, dtype=np.int64)
-  pad_N = np.maximum(pad_multiple, -(-lengths // pad_multiple) * pad_multiple)
+  pad_N = np.array([bucket_len(int(n), pad_multiple) for n in lengths], dtype=np.int64)
   order = np.argsort(lengths, kind="stable")
   plans = []
   for pad_len in np.unique(pad_N):

@@ -1,0 +1,249 @@
+"""`evaluate` mode: one checkpoint, or every milestone of a pre-training run.
+
+  python main.py --config=configs/evaluate.py --config.init_from=X --workdir=DIR
+
+writes DIR/eval/<checkpoint-name>/{results.json, predictions.jsonl, results.md};
+with `config.trajectory=True` (X = a pre-training workdir) one such folder per
+milestone checkpoint plus DIR/eval/<run-name>/trajectory.{json,md,png}.
+"""
+
+import pathlib
+import re
+import sys
+import time
+
+import numpy as np
+
+from evaluation import reading as reading_lib
+from evaluation import report
+from evaluation import scoring
+from evaluation import tasks as tasks_lib
+from llamalogue.errors import ConfigError, DataError
+
+SETTINGS_KEYS = ("convention", "tasks", "max_items_per_task", "lowercase", "heldout_pairs", "reference_model")
+
+
+# ---------------------------------------------------------------------------- naming and discovery
+
+def checkpoint_name(init_from: str) -> str:
+  """A folder name for a model: `hf:org/x` -> `org_x`; `<run>/checkpoints/<c>` -> `<run>-<c>`."""
+  if init_from.startswith("hf:"):
+    return init_from[3:].replace("/", "_")
+  p = pathlib.Path(init_from).expanduser().resolve()
+  if p.parent.name == "checkpoints":
+    return f"{p.parent.parent.name}-{p.name}"
+  return p.name
+
+
+_WORDS = re.compile(r"^words_(\d+)([kKmMbB]?)$")
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+
+def words_from_name(name: str) -> int | None:
+  """`words_2000000` or `words_2M` -> 2_000_000; None if the name is not a milestone."""
+  m = _WORDS.match(name)
+  return int(m.group(1)) * _SCALE[m.group(2).lower()] if m else None
+
+
+def find_milestones(run_dir: str) -> list[tuple[int, pathlib.Path]]:
+  """(words seen, checkpoint dir) of every `<run_dir>/checkpoints/words_<N>`, fewest words first."""
+  root = pathlib.Path(run_dir).expanduser()
+  ckpt_dir = root if root.name == "checkpoints" else root / "checkpoints"
+  if not ckpt_dir.is_dir():
+    raise DataError(f"config.init_from: {root} has no checkpoints/ folder; trajectory mode needs a pre-training "
+                    "workdir whose milestones live in checkpoints/words_<N>")
+  found = [(words_from_name(p.name), p) for p in ckpt_dir.iterdir() if p.is_dir()]
+  found = sorted((w, p) for w, p in found if w is not None)
+  if not found:
+    raise DataError(f"{ckpt_dir}: no words_<N> milestone checkpoints")
+  return found
+
+
+# ---------------------------------------------------------------------------- settings
+
+def settings_from(config) -> dict:
+  s = {k: config.get(k) for k in SETTINGS_KEYS}
+  s["tasks"] = tasks_lib.parse_task_names(config.get("tasks", "all"), config.get("heldout_pairs", ""))
+  if s["convention"] not in scoring.CONVENTIONS:
+    raise ConfigError(f"config.convention: {s['convention']!r} is not one of {scoring.CONVENTIONS}")
+  if not isinstance(s["max_items_per_task"], int) or s["max_items_per_task"] < 0:
+    raise ConfigError(f"config.max_items_per_task: expected an integer >= 0, got {s['max_items_per_task']!r}")
+  tasks_lib.lowercase_for("zorro", s["lowercase"], s["convention"])
+  if s["reference_model"] not in report.STUDY_TABLE:
+    raise ConfigError(f"config.reference_model: {s['reference_model']!r}; choose one of {list(report.STUDY_TABLE)}")
+  return s
+
+
+def load_tasks(settings: dict) -> list[tasks_lib.Task]:
+  """Every requested item task, subsampled; fails before any model is loaded if a file is missing."""
+  out = []
+  for name in settings["tasks"]:
+    if name == "reading":
+      reading_lib.load_frame(1)
+      continue
+    task = tasks_lib.load(name, settings["convention"], settings["lowercase"], settings["heldout_pairs"] or "")
+    task.items = tasks_lib.subsample(task.items, settings["max_items_per_task"])
+    out.append(task)
+  return out
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+def _bar(total: int, desc: str):
+  from tqdm import tqdm
+  return tqdm(total=total, desc=f"{desc:>16}", unit="text", file=sys.stderr, mininterval=1.0, leave=True,
+              dynamic_ncols=True)
+
+
+def evaluate_task(scorer: scoring.Scorer, task: tasks_lib.Task) -> tuple[dict, list[dict]]:
+  """Scores every candidate once; per-sub-task accuracy (or rho) and per-item predictions."""
+  requests = [(t, s) for it in task.items for t, s in zip(it.texts, it.spans)]
+  uniq, where = scoring.unique_requests(requests)
+  start = time.time()
+  with _bar(len(uniq), task.name) as bar:
+    scores = scorer.score([t for t, _ in uniq], [s for _, s in uniq], bar.update)
+  seconds = time.time() - start
+  per_item, offset = [], 0
+  for it in task.items:
+    per_item.append(scores[where[offset:offset + len(it.texts)]])
+    offset += len(it.texts)
+  result = {"name": task.name, "benchmark": task.benchmark, "kind": task.kind, "source": task.source,
+            "items": len(task.items), "texts_scored": len(uniq), "seconds": round(seconds, 2),
+            "notes": task.notes}
+  preds = []
+  if task.kind == "correlation":
+    from scipy.stats import spearmanr
+    probs = scoring.softmax_first(np.stack(per_item))
+    ratios = np.array([it.ratio for it in task.items])
+    rho = float(spearmanr(probs, ratios)[0]) if len(ratios) > 1 else float("nan")
+    result.update(subtasks={task.items[0].subtask: rho} if task.items else {}, score=rho,
+                  metric="Spearman rho of P(first) with the human ratio")
+    for it, sc, p in zip(task.items, per_item, probs):
+      preds.append({"task": task.name, "uid": it.uid, "scores": sc.tolist(), "prob_first": float(p),
+                    "ratio": it.ratio})
+    return result, preds
+  subs: dict[str, list[bool]] = {}
+  for it, sc in zip(task.items, per_item):
+    ok = bool(scoring.choice_correct(sc[None, :], it.label)[0])
+    subs.setdefault(it.subtask, []).append(ok)
+    preds.append({"task": task.name, "uid": it.uid, "scores": sc.tolist(), "label": it.label, "correct": ok})
+  result["subtasks"] = {k: {"accuracy": float(np.mean(v)), "items": len(v)} for k, v in subs.items()}
+  result["score"] = float(np.mean([v["accuracy"] for v in result["subtasks"].values()])) if subs else None
+  result["accuracy_over_items"] = float(np.mean([p["correct"] for p in preds])) if preds else None
+  result["metric"] = "accuracy, unweighted mean over sub-tasks"
+  return result, preds
+
+
+def evaluate_reading(scorer: scoring.Scorer, max_rows: int) -> tuple[dict, list[dict]]:
+  bar = _bar(0, "reading")
+  def progress(n):
+    if bar.total == 0:
+      bar.total = None
+    bar.update(n)
+  try:
+    res = reading_lib.evaluate(scorer, max_rows, progress)
+  finally:
+    bar.close()
+  preds = [{"task": "reading", **p} for p in res.pop("predictions")]
+  return res, preds
+
+
+def load_scorer(init_from: str, config) -> tuple[scoring.Scorer, dict]:
+  from llamalogue import hf
+  model, tokenizer = hf.load(init_from, config.get("dtype", "float32"))
+  if config.get("tokenizer"):
+    tokenizer = hf.load_tokenizer(tokenizer_path(config.tokenizer), model.cfg.vocab_size)
+  if tokenizer is None:
+    raise ConfigError(f"{init_from}: no tokenizer beside the checkpoint; set config.tokenizer to its directory")
+  scorer = scoring.Scorer.from_model(model, tokenizer, convention=config.convention,
+                                     batch_tokens=config.get("batch_tokens", 4096),
+                                     pad_multiple=config.get("pad_multiple", 16))
+  info = {"vocab_size": model.cfg.vocab_size, "layers": model.cfg.num_layers, "hidden": model.cfg.hidden_size,
+          "tokenizer_size": len(tokenizer)}
+  return scorer, info
+
+
+def tokenizer_path(spec: str) -> str:
+  from llamalogue import paths
+  return str(paths.resolve(spec, "config.tokenizer"))
+
+
+def evaluate_checkpoint(init_from: str, out_dir: pathlib.Path, config, settings: dict,
+                        words: int | None = None) -> dict:
+  """Evaluates one model and writes results.json, predictions.jsonl and results.md in `out_dir`."""
+  out_dir = pathlib.Path(out_dir)
+  previous = out_dir / "results.json"
+  if config.get("reuse", True) and previous.exists():
+    import json
+    old = json.loads(previous.read_text())
+    if old.get("settings") == settings and old.get("init_from") == str(init_from):
+      print(f"evaluate: {out_dir.name}: reusing {previous} (same settings)")
+      return old
+  task_list = load_tasks(settings)
+  start = time.time()
+  scorer, model_info = load_scorer(str(init_from), config)
+  results = {"checkpoint": out_dir.name, "init_from": str(init_from), "words": words,
+             "settings": settings, "scoring": scorer.describe(), "model": model_info,
+             "max_items_per_task": settings["max_items_per_task"], "lowercase": settings["lowercase"],
+             "reference_model": settings["reference_model"], "tasks": {}, "skipped": {}}
+  predictions = []
+  for task in task_list:
+    res, preds = evaluate_task(scorer, task)
+    results["tasks"][task.name] = res
+    predictions += preds
+  if "reading" in settings["tasks"]:
+    res, preds = evaluate_reading(scorer, settings["max_items_per_task"])
+    results["tasks"] = {**results["tasks"], "reading": res}
+    predictions += preds
+  results["tasks"] = {n: results["tasks"][n] for n in settings["tasks"] if n in results["tasks"]}
+  results["benchmarks"] = {r["benchmark"]: r["score"] for r in results["tasks"].values()}
+  results["seconds"] = time.time() - start
+  report.write_jsonl(out_dir / "predictions.jsonl", predictions)
+  report.atomic_write(out_dir / "results.md", report.results_markdown(results))
+  report.write_json(out_dir / "results.json", results)
+  print(f"evaluate: {out_dir.name}: " + ", ".join(
+      f"{n} {report.fmt(report.task_value(r), 1 if r['kind'] != 'correlation' else 3)}"
+      for n, r in results["tasks"].items()) + f" ({results['seconds']:.0f} s) -> {out_dir}")
+  return results
+
+
+def summary_row(results: dict) -> dict:
+  return {"checkpoint": results["checkpoint"], "words": results.get("words"),
+          "values": {n: report.task_value(r) for n, r in results["tasks"].items()}}
+
+
+# ---------------------------------------------------------------------------- modes
+
+def compare_list(config) -> list[str]:
+  return [c.strip() for c in (config.get("compare_to") or "").split(",") if c.strip()]
+
+
+def run(config, workdir: str) -> None:
+  """Entry point of `python main.py --config=configs/evaluate.py ...`."""
+  if not config.get("init_from"):
+    raise ConfigError("config.init_from: give a checkpoint, a HF model directory, or (trajectory) a run workdir")
+  settings = settings_from(config)
+  eval_root = pathlib.Path(workdir) / "eval"
+  compare = [evaluate_checkpoint(c, eval_root / checkpoint_name(c), config, settings)
+             for c in compare_list(config)]
+  if not config.get("trajectory", False):
+    base = evaluate_checkpoint(config.init_from, eval_root / checkpoint_name(config.init_from), config, settings)
+    if compare:
+      rows = [summary_row(base)]
+      md = report.trajectory_markdown(rows, settings["tasks"], [summary_row(c) for c in compare])
+      report.atomic_write(eval_root / "comparison.md", md.replace("# Learning trajectory", "# Comparison"))
+    return
+  run_dir = pathlib.Path(config.init_from).expanduser()
+  run_name = run_dir.resolve().name if run_dir.name != "checkpoints" else run_dir.resolve().parent.name
+  out = eval_root / run_name
+  rows = []
+  for words, ckpt in find_milestones(str(run_dir)):
+    res = evaluate_checkpoint(str(ckpt), out / ckpt.name, config, settings, words)
+    rows.append(summary_row(res))
+  compare_rows = [summary_row(c) for c in compare]
+  report.write_json(out / "trajectory.json", {"settings": settings, "rows": rows, "compare": compare_rows,
+                                              "reference": report.reference_trajectory()})
+  report.atomic_write(out / "trajectory.md", report.trajectory_markdown(rows, settings["tasks"], compare_rows))
+  plot_tasks = [t for t in report.TRAJ_TASKS if t in settings["tasks"]] or settings["tasks"][:3]
+  report.plot_trajectory(rows, plot_tasks, out / "trajectory.png")
+  print(f"evaluate: trajectory of {len(rows)} checkpoints -> {out / 'trajectory.md'}")
