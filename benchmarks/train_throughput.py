@@ -1,0 +1,152 @@
+"""Tokens/s of our full train step vs Hugging Face LlamaForCausalLM + torch.optim.AdamW.
+
+Same shape, batch and sequence length, fp32, on this machine, in one run. Also reports
+our achieved FLOP/s (6N + 12·L·H·Q·T per token) against a measured fp32 matmul ceiling.
+
+  python benchmarks/train_throughput.py                 # tiny and 135M shapes (CPU: ~10 min)
+  python benchmarks/train_throughput.py --shape=tiny
+  python benchmarks/train_throughput.py --shape=135m --dtype=bfloat16 --batch=32 --seq=512 --no-baseline  # GPU
+
+Last line: ratio=<ours/baseline> ours=<tokens/s> baseline=<tokens/s> unit=tokens/s
+(for several shapes: the shape with the lowest ratio).
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from llamalogue import model as M
+from llamalogue import sharding, step
+
+SHAPES = {
+    "tiny": (dataclasses.replace(M.PRESETS["tiny"], vocab_size=8192), 16, 128),
+    "135m": (M.PRESETS["llamalogue_135m"], 8, 128),
+}
+
+
+def _opt():
+  return ml_collections.ConfigDict(dict(lr=3e-4, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1,
+                                        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
+
+
+def ours(cfg, batch, seq, steps, warmup):
+  mesh = sharding.make_mesh(-1, 1)
+  graphdef, params = step.init_params(cfg, 0)
+  tx, _ = step.make_optimizer(_opt(), 1000)
+  state = step.init_state(params, tx)
+  shardings = sharding.tree_shardings(state, mesh)
+  state = sharding.shard(state, shardings)
+  train = step.jit_train_step(step.lm_loss(graphdef), tx, mesh, shardings)
+  rs = np.random.RandomState(0)
+  toks = rs.randint(0, cfg.vocab_size, (1, batch, seq + 1)).astype(np.int32)
+  b = {"inputs": toks[..., :-1], "targets": toks[..., 1:], "loss_mask": np.ones((1, batch, seq), np.float32)}
+  b = jax.device_put(b, sharding.batch_sharding(mesh, 1))
+  for _ in range(warmup):
+    state, m = train(state, b)
+  jax.block_until_ready(m["loss"])
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = train(state, b)
+    jax.block_until_ready(m["loss"])
+    times.append(time.perf_counter() - t0)
+  return batch * seq / float(np.median(times))
+
+
+def torch_baseline(cfg, batch, seq, steps, warmup):
+  import torch
+  from transformers import LlamaConfig, LlamaForCausalLM
+  torch.manual_seed(0)
+  hf = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                   num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                   num_key_value_heads=cfg.num_kv_heads, tie_word_embeddings=cfg.tie_embeddings,
+                   rms_norm_eps=cfg.rms_norm_eps, max_position_embeddings=max(seq, 512))
+  model = LlamaForCausalLM(hf).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+  x = torch.randint(0, cfg.vocab_size, (batch, seq))
+
+  def one():
+    out = model(input_ids=x, labels=x)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+  for _ in range(warmup):
+    one()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    one()
+    times.append(time.perf_counter() - t0)
+  return batch * seq / float(np.median(times))
+
+
+def matmul_ceiling(n=2048, dtype=jnp.float32, reps=5) -> float:
+  """Measured FLOP/s of a square matmul on the default device (the best of `reps`)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(f(a, a))
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a, a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--shape", default="both", choices=["tiny", "135m", "both"])
+  p.add_argument("--steps", type=int, default=0, help="timed steps (0: 10 tiny, 4 for 135m)")
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--batch", type=int, default=0)
+  p.add_argument("--seq", type=int, default=0)
+  p.add_argument("--no-baseline", action="store_true", help="skip PyTorch (e.g. on a GPU: report MFU only)")
+  args = p.parse_args()
+  shapes = ["tiny", "135m"] if args.shape == "both" else [args.shape]
+  accel = jax.default_backend() != "cpu"
+  ceiling = matmul_ceiling(8192 if accel else 2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  measured {args.dtype} matmul ceiling "
+        f"{ceiling / 1e9:,.0f} GFLOP/s")
+  results = []
+  for name in shapes:
+    cfg, batch, seq = SHAPES[name]
+    cfg = dataclasses.replace(cfg, dtype=args.dtype)
+    batch, seq = args.batch or batch, args.seq or seq
+    steps = args.steps or (10 if name == "tiny" else 4)
+    ours_tps = ours(cfg, batch, seq, steps, warmup=2)
+    fpt = M.flops_per_token(cfg, seq)
+    line = (f"[{name}] params {M.count_params(cfg) / 1e6:.1f}M batch {batch}x{seq} {args.dtype}: ours "
+            f"{ours_tps:,.0f} tok/s = {ours_tps * fpt / 1e9:,.1f} GFLOP/s "
+            f"({100 * ours_tps * fpt / ceiling:.0f}% of the measured ceiling)")
+    from llamalogue.train import peak_flops
+    peak = peak_flops(0)
+    if peak:
+      line += f", MFU {100 * ours_tps * fpt / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s"
+      for words, tok_per_word in [(100e6, 1.6)]:
+        line += f"; projected {words / 1e6:.0f}M-word run ({tok_per_word} tok/word): {words * tok_per_word / ours_tps / 3600:.2f} h"
+    if not args.no_baseline:
+      import torch
+      torch.set_num_threads(os.cpu_count())
+      base_tps = torch_baseline(cfg, batch, seq, steps, warmup=2)
+      line += f"; PyTorch {base_tps:,.0f} tok/s; ratio {ours_tps / base_tps:.2f}"
+      results.append((ours_tps / base_tps, ours_tps, base_tps))
+    else:
+      results.append((float("nan"), ours_tps, float("nan")))
+    print(line, flush=True)
+  ratio, o, b = min(results, key=lambda r: r[0] if r[0] == r[0] else float("inf"))
+  print(f"ratio={ratio:.3f} ours={o:.1f} baseline={b:.1f} unit=tokens/s")
+
+
+if __name__ == "__main__":
+  main()
