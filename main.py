@@ -80,10 +80,13 @@ def run():
   except flags.Error as e:
     _fail(str(e).splitlines()[0] if str(e) else repr(e))
   except (KeyError, AttributeError) as e:
-    key = str(e).strip("\"' ")
+    inner = e.args[0] if e.args else e
+    text = str(inner.args[0]) if isinstance(inner, BaseException) and inner.args else str(inner)
+    key, _, hint = text.partition("\n")
+    key = key.strip("\"' ")
     bad = [a.split("=")[0] for a in sys.argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
     where = bad[0] if bad else "a --config override"
-    _fail(f"{where}: unknown config key {key!r} (see the config file for the valid keys)")
+    _fail(f"{where}: unknown config key {key!r}" + (f"; {hint.strip()}" if hint.strip() else ""))
   except (TypeError, ValueError) as e:
     _fail(f"bad --config override: {str(e).strip().splitlines()[0] if str(e) else repr(e)}")
   app.run(main, argv=argv, flags_parser=lambda a: a)

@@ -74,6 +74,9 @@ def _validate(config) -> None:
     raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}")
   if t.epochs < 1:
     raise ConfigError(f"config.train.epochs={t.epochs} must be >= 1")
+  if config.model.dtype not in ("auto", "float32", "bfloat16"):
+    raise ConfigError(f"config.model.dtype: {config.model.dtype!r} is not auto, float32 or bfloat16")
+  model_lib.config_from(config.model)  # an unknown preset or a bad shape fails before any data work
 
 
 def run(config, workdir: str) -> dict:
