@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "all" or comma-separated: dialogue_word, dialogue_token, dialogue_heldout, zorro, blimp,
   # blimp_filtered, supplement, ewok, entity_tracking, wug, reading, lexical_decision.
   c.tasks = "all"
-  c.max_items_per_task = 0       # 0 = every item; else spread over sub-tasks
+  c.max_items_per_task = 0       # 0 = every item; else spread over sub-tasks (reading: >= 200 rows)
   c.convention = "study"         # study (minicons sum + BOW correction) | babylm2025 (plain span sum)
   c.lowercase = "auto"           # auto: lower-case BLiMP and Zorro under `study`, as its scripts did | yes | no
   c.heldout_pairs = ""           # JSONL of {prompt, chosen, rejected} for task dialogue_heldout (`data:` allowed)

@@ -101,8 +101,11 @@ def ols(y: np.ndarray, x: np.ndarray) -> dict:
   resid = y - x @ beta
   n, ssr = len(y), float(resid @ resid)
   tss = float(((y - y.mean()) ** 2).sum())
-  llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1)
+  llf = -n / 2 * (math.log(2 * math.pi) + math.log(max(ssr, 1e-300) / n) + 1)
   dof = n - rank
+  if dof <= 0 or ssr <= 0:              # too few rows for this model (a capped quick run)
+    return {"r2": float("nan"), "aic": float("nan"), "coef": float(beta[-1]), "t": float("nan"),
+            "p": float("nan"), "n": n}
   cov = ssr / dof * np.linalg.pinv(x.T @ x)
   t = beta[-1] / math.sqrt(cov[-1, -1])
   return {"r2": 1 - ssr / tss, "aic": -2 * llf + 2 * rank, "coef": float(beta[-1]), "t": float(t),
@@ -129,9 +132,15 @@ def relative_gain(row: dict) -> float:
   return row["delta_r2"] / (1 - row["r2_baseline"]) * 100
 
 
+MIN_ROWS = 200  # a capped run still needs enough rows for 17-coefficient regressions
+
+
 def evaluate(scorer, max_rows: int = 0, progress=None) -> dict:
-  """Runs the reading task; returns the two headline scores and every regression."""
-  df, path = load_frame(max_rows)
+  """Runs the reading task; returns the two headline scores and every regression.
+
+  `max_rows` caps the rows for quick runs (at least MIN_ROWS; 0 = all).
+  """
+  df, path = load_frame(max(max_rows, MIN_ROWS) if max_rows else 0)
   pred, prev = surprisals(scorer, df, progress)
   df = df.assign(pred=pred, prev_pred=prev)
   plain, spill = regressions(df, False), regressions(df, True)

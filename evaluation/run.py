@@ -25,13 +25,24 @@ SETTINGS_KEYS = ("convention", "tasks", "max_items_per_task", "lowercase", "held
 
 # ---------------------------------------------------------------------------- naming and discovery
 
+_CONTAINERS = ("checkpoints", "milestones", "latest")
+
+
+def run_root(path: pathlib.Path) -> pathlib.Path:
+  """The run directory above `checkpoints/[milestones|latest]/...` containers."""
+  path = pathlib.Path(path).expanduser().resolve()
+  while path.name in _CONTAINERS and path.parent != path:
+    path = path.parent
+  return path
+
+
 def checkpoint_name(init_from: str) -> str:
-  """A folder name for a model: `hf:org/x` -> `org_x`; `<run>/checkpoints/<c>` -> `<run>-<c>`."""
+  """A folder name for a model: `hf:org/x` -> `org_x`; `<run>/checkpoints/.../<c>` -> `<run>-<c>`."""
   if init_from.startswith("hf:"):
     return init_from[3:].replace("/", "_")
   p = pathlib.Path(init_from).expanduser().resolve()
-  if p.parent.name == "checkpoints":
-    return f"{p.parent.parent.name}-{p.name}"
+  if p.parent.name in _CONTAINERS:
+    return f"{run_root(p.parent).name}-{p.name}"
   return p.name
 
 
@@ -46,17 +57,23 @@ def words_from_name(name: str) -> int | None:
 
 
 def find_milestones(run_dir: str) -> list[tuple[int, pathlib.Path]]:
-  """(words seen, checkpoint dir) of every `<run_dir>/checkpoints/words_<N>`, fewest words first."""
-  root = pathlib.Path(run_dir).expanduser()
-  ckpt_dir = root if root.name == "checkpoints" else root / "checkpoints"
-  if not ckpt_dir.is_dir():
-    raise DataError(f"config.init_from: {root} has no checkpoints/ folder; trajectory mode needs a pre-training "
-                    "workdir whose milestones live in checkpoints/words_<N>")
-  found = [(words_from_name(p.name), p) for p in ckpt_dir.iterdir() if p.is_dir()]
-  found = sorted((w, p) for w, p in found if w is not None)
-  if not found:
-    raise DataError(f"{ckpt_dir}: no words_<N> milestone checkpoints")
-  return found
+  """(words seen, checkpoint dir) of every milestone `words_<N>` of a run, fewest words first.
+
+  Looks in `<run>/checkpoints/milestones/` (llamalogue/checkpoint.py's layout), then
+  `<run>/checkpoints/` and `<run>/`; a milestone is an orbax checkpoint (`state/`) or
+  a Hugging Face directory (`config.json`).
+  """
+  root = run_root(pathlib.Path(run_dir))
+  for folder in (root / "checkpoints" / "milestones", root / "checkpoints", root):
+    if not folder.is_dir():
+      continue
+    found = sorted((words_from_name(d.name), d) for d in folder.iterdir()
+                   if d.is_dir() and words_from_name(d.name) is not None
+                   and ((d / "state").exists() or (d / "config.json").exists()))
+    if found:
+      return found
+  raise DataError(f"config.init_from: no milestone checkpoints words_<N> under {root}/checkpoints/milestones "
+                  "(trajectory mode needs a pre-training workdir)")
 
 
 # ---------------------------------------------------------------------------- settings
@@ -233,9 +250,8 @@ def run(config, workdir: str) -> None:
       md = report.trajectory_markdown(rows, settings["tasks"], [summary_row(c) for c in compare])
       report.atomic_write(eval_root / "comparison.md", md.replace("# Learning trajectory", "# Comparison"))
     return
-  run_dir = pathlib.Path(config.init_from).expanduser()
-  run_name = run_dir.resolve().name if run_dir.name != "checkpoints" else run_dir.resolve().parent.name
-  out = eval_root / run_name
+  run_dir = run_root(pathlib.Path(config.init_from))
+  out = eval_root / run_dir.name
   rows = []
   for words, ckpt in find_milestones(str(run_dir)):
     res = evaluate_checkpoint(str(ckpt), out / ckpt.name, config, settings, words)

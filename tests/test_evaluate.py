@@ -1,0 +1,156 @@
+"""End-to-end `evaluate` mode: files written, conventions recorded, trajectories, bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from configs import evaluate as evaluate_config
+from evaluation import run as run_lib
+from evaluation import testing
+from llamalogue import paths
+from llamalogue.errors import ConfigError, DataError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA = paths.data_root()
+needs_data = pytest.mark.skipif(not (DATA / "eval").is_dir() or not (DATA / "communicative_baby").is_dir(),
+                                reason="../shared/data not present")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  d = tmp_path_factory.mktemp("eval_hf") / "tiny_hf"
+  testing.make_exported(d, testing.SAMPLE_TEXTS * 3, tokenizer_vocab=350)
+  return d
+
+
+def config(**overrides):
+  c = evaluate_config.get_config("tiny")
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def env():
+  e = dict(os.environ, TOKENIZERS_PARALLELISM="false", JAX_PLATFORMS="cpu")
+  e.pop("XLA_FLAGS", None)
+  return e
+
+
+@needs_data
+def test_cli_writes_results_predictions_and_table(exported, tmp_path):
+  out = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/evaluate.py:tiny", "--config.max_items_per_task=6",
+       f"--config.init_from={exported}", f"--workdir={tmp_path}"],
+      cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  folder = tmp_path / "eval" / "tiny_hf"
+  results = json.loads((folder / "results.json").read_text())
+  assert results["scoring"]["convention"] == "study" and results["scoring"]["bow_correction"] is True
+  assert set(results["tasks"]) == set(run_lib.tasks_lib.DEFAULT_TASKS)
+  assert results["tasks"]["zorro"]["items"] == 6 and len(results["tasks"]["zorro"]["subtasks"]) == 6
+  assert results["tasks"]["blimp"]["notes"].startswith("lower-cased")
+  assert "reading" in results["tasks"] and "eye_tracking" in results["tasks"]["reading"]["subtasks"]
+  preds = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+  assert sum(p["task"] == "dialogue_word" for p in preds) == 6
+  md = (folder / "results.md").read_text()
+  assert "| dialogue_word | Dialogue MP (word) (%) | 6 |" in md and "64.3" in md
+  assert "dialogue_word" in out.stderr              # the tqdm bar
+  # EWoK never leaves the ZIP in plain text.
+  with zipfile.ZipFile(DATA / "eval/ewok/ewok_filtered_babylm2025.zip") as z:
+    z.setpassword(b"ewok")
+    name = next(n for n in z.namelist() if n.endswith(".jsonl"))
+    target = json.loads(z.read(name).decode().splitlines()[0])["Target1"]
+  for f in folder.iterdir():
+    assert target not in f.read_text()
+
+
+@needs_data
+def test_babylm2025_convention_is_recorded(exported, tmp_path):
+  run_lib.run(config(init_from=str(exported), convention="babylm2025", tasks="dialogue_word,zorro,wug",
+                     max_items_per_task=8), str(tmp_path))
+  results = json.loads((tmp_path / "eval/tiny_hf/results.json").read_text())
+  assert results["scoring"]["convention"] == "babylm2025" and results["scoring"]["bow_correction"] is False
+  assert results["tasks"]["zorro"]["notes"] == ""       # no lower-casing outside the study convention
+  assert results["tasks"]["wug"]["kind"] == "correlation" and -1 <= results["tasks"]["wug"]["score"] <= 1
+
+
+def make_run(run_dir: pathlib.Path, tokenizer_dir: pathlib.Path, vocab: int, milestones=(1_000_000, 2_000_000)):
+  """A pre-training run in llamalogue/checkpoint.py's layout with random weights."""
+  from flax import nnx
+  from llamalogue import checkpoint
+  ck = checkpoint.RunCheckpoints(run_dir)
+  for i, words in enumerate(milestones):
+    model = testing.make_model(vocab, seed=i)
+    if i == 0:
+      ck.write_run_files(model.cfg, tokenizer_dir)
+    ck.save({"params": nnx.to_pure_dict(nnx.state(model, nnx.Param))}, {"step": i + 1, "words": words},
+            milestones=[words])
+  ck.close()
+
+
+def test_trajectory_and_compare_to(exported, tmp_path, monkeypatch):
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text("".join(json.dumps({"prompt": f"*MOT: is it {w} ?", "chosen": "*CHI: yes .",
+                                       "rejected": f"*CHI: {w} {w} ."}) + "\n" for w in ("red", "big", "a")))
+  run_dir = tmp_path / "pretrain_run"
+  vocab = json.loads((exported / "config.json").read_text())["vocab_size"]
+  make_run(run_dir, exported.parent / "tiny_hf_tokenizer", vocab)
+  cfg = config(init_from=str(run_dir), trajectory=True, tasks="dialogue_heldout", heldout_pairs=str(pairs),
+               compare_to=str(exported))
+  run_lib.run(cfg, str(tmp_path / "w"))
+  out = tmp_path / "w/eval/pretrain_run"
+  md = (out / "trajectory.md").read_text()
+  assert md.index("words_1000000") < md.index("words_2000000")
+  assert "Fine-tuned runs against their base" in md and "tiny_hf" in md
+  assert (out / "trajectory.png").stat().st_size > 1000
+  traj = json.loads((out / "trajectory.json").read_text())
+  assert [r["words"] for r in traj["rows"]] == [1_000_000, 2_000_000]
+  assert (out / "words_1000000/results.json").exists()
+  # A second run reuses the results written with the same settings.
+  calls = []
+  monkeypatch.setattr(run_lib, "load_scorer", lambda *a: calls.append(a))
+  run_lib.run(cfg, str(tmp_path / "w"))
+  assert not calls
+
+
+def test_milestone_discovery(tmp_path):
+  for name in ("words_2M", "words_1000000", "step_7", "words_x"):
+    (tmp_path / "run/checkpoints/milestones" / name / "state").mkdir(parents=True)
+  found = run_lib.find_milestones(str(tmp_path / "run"))
+  assert [w for w, _ in found] == [1_000_000, 2_000_000]
+  assert run_lib.checkpoint_name(str(found[0][1])) == "run-words_1000000"
+  with pytest.raises(DataError, match="no milestone checkpoints"):
+    run_lib.find_milestones(str(tmp_path / "elsewhere"))
+
+
+def test_vocabulary_mismatch_is_a_clear_error(exported, tmp_path):
+  bad = tmp_path / "bad_hf"
+  testing.make_exported(bad, testing.SAMPLE_TEXTS, tokenizer_vocab=350)
+  big = testing.make_tokenizer(tmp_path / "big_tok", testing.SAMPLE_TEXTS * 5, vocab_size=500)
+  assert len(big) > json.loads((bad / "config.json").read_text())["vocab_size"]
+  big.save_pretrained(str(bad))
+  pairs = tmp_path / "p.jsonl"
+  pairs.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+  with pytest.raises(ConfigError, match="vocabulary"):
+    run_lib.run(config(init_from=str(bad), tasks="dialogue_heldout", heldout_pairs=str(pairs)), str(tmp_path))
+
+
+def test_missing_benchmark_file_fails_before_loading_the_model(exported, tmp_path, monkeypatch):
+  monkeypatch.setenv("LLAMALOGUE_DATA", str(tmp_path / "empty"))
+  monkeypatch.setattr(run_lib, "load_scorer", lambda *a: pytest.fail("model loaded before the data check"))
+  with pytest.raises(DataError, match="missing benchmark file .*huggingface_dpo_format_eval.json"):
+    run_lib.run(config(init_from=str(exported)), str(tmp_path))
+
+
+def test_cli_error_is_one_line(exported, tmp_path):
+  out = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/evaluate.py", "--config.tasks=zorro,nope",
+       f"--config.init_from={exported}", f"--workdir={tmp_path}"],
+      cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith("error: config.tasks: unknown task(s) ['nope']")
