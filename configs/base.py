@@ -39,9 +39,18 @@ def mesh() -> ml_collections.ConfigDict:
 
 
 def model(preset: str) -> ml_collections.ConfigDict:
-  """A model preset by name plus field overrides (see llamalogue/model.py PRESETS)."""
+  """A model preset by name (llamalogue/model.py PRESETS); any field set here overrides it.
+
+  Unset fields (None) come from the preset; vocab_size, if unset, from the tokenizer.
+  """
+  from ml_collections.config_dict import placeholder
   m = ml_collections.ConfigDict()
   m.preset = preset
-  m.dtype = "float32"           # compute dtype: float32 or bfloat16 (params stay float32)
-  m.vocab_size = 0              # 0: take it from the tokenizer / checkpoint
+  m.dtype = "float32"           # compute dtype: auto, float32 or bfloat16 (params stay float32)
+  for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+               "head_dim", "max_seq_len"):
+    m[name] = placeholder(int)
+  for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
+    m[name] = placeholder(float)
+  m.tie_embeddings = placeholder(bool)
   return m

@@ -68,7 +68,7 @@ def config_from(model_cfg: Any, vocab_size: int = 0) -> LlamaConfig:
   if preset not in PRESETS:
     raise ConfigError(f"config.model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
   fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-  updates = {k: v for k, v in model_cfg.items() if k in fields and v not in (None, 0, "")}
+  updates = {k: v for k, v in model_cfg.items() if k in fields and k != "dtype" and v is not None}
   if vocab_size and not updates.get("vocab_size"):
     updates["vocab_size"] = vocab_size
   return dataclasses.replace(PRESETS[preset], **updates).validate()
