@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.trajectory = False
   c.compare_to = ""
   c.reuse = True                 # skip a checkpoint whose results.json has the same settings
-  c.batch_tokens = 4096          # padded tokens per forward pass
+  c.batch_tokens = 2048          # padded tokens per forward pass (2 CPU cores: 1-4k is best)
   c.pad_multiple = 16            # pad lengths to a multiple of this (one compile per length bucket)
   if arg == "tiny":
     c.max_items_per_task = 40

@@ -147,8 +147,11 @@ def results_markdown(results: dict) -> str:
     metric = {"choice": "%", "correlation": "ρ", "regression": "ΔR² %"}[res["kind"]]
     lines.append(f"| {name} | {res['benchmark']} ({metric}) | {res.get('items', res.get('rows'))} | "
                  f"{fmt(task_value(res), 1 if res['kind'] != 'correlation' else 3)} | {fmt(ref)} | {by} |")
+  for name in results.get("skipped", {}):
+    ref, by = reference_for(name, ref_model)
+    lines.append(f"| {name} | not run (see below) | – | – | {fmt(ref)} | {by} |")
   if results.get("skipped"):
-    lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in results["skipped"].items())]
+    lines += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
   for name, res in results["tasks"].items():
     subs = res.get("subtasks", {})
     if len(subs) <= 1:

@@ -91,6 +91,14 @@ def settings_from(config) -> dict:
   return s
 
 
+def skipped_tasks(settings: dict) -> dict[str, str]:
+  """Tasks of the study that "all" could not run, and why."""
+  if "lexical_decision" in settings["tasks"]:
+    return {}
+  return {"lexical_decision": f"the study's lexical-decision data is not in {tasks_lib.paths.data_root()} "
+                              f"({tasks_lib.SOURCES['lexical_decision']}); published numbers only"}
+
+
 def load_tasks(settings: dict) -> list[tasks_lib.Task]:
   """Every requested item task, subsampled; fails before any model is loaded if a file is missing."""
   out = []
@@ -173,7 +181,7 @@ def load_scorer(init_from: str, config) -> tuple[scoring.Scorer, dict]:
   if tokenizer is None:
     raise ConfigError(f"{init_from}: no tokenizer beside the checkpoint; set config.tokenizer to its directory")
   scorer = scoring.Scorer.from_model(model, tokenizer, convention=config.convention,
-                                     batch_tokens=config.get("batch_tokens", 4096),
+                                     batch_tokens=config.get("batch_tokens", 2048),
                                      pad_multiple=config.get("pad_multiple", 16))
   info = {"vocab_size": model.cfg.vocab_size, "layers": model.cfg.num_layers, "hidden": model.cfg.hidden_size,
           "tokenizer_size": len(tokenizer)}
@@ -202,7 +210,7 @@ def evaluate_checkpoint(init_from: str, out_dir: pathlib.Path, config, settings:
   results = {"checkpoint": out_dir.name, "init_from": str(init_from), "words": words,
              "settings": settings, "scoring": scorer.describe(), "model": model_info,
              "max_items_per_task": settings["max_items_per_task"], "lowercase": settings["lowercase"],
-             "reference_model": settings["reference_model"], "tasks": {}, "skipped": {}}
+             "reference_model": settings["reference_model"], "tasks": {}, "skipped": skipped_tasks(settings)}
   predictions = []
   for task in task_list:
     res, preds = evaluate_task(scorer, task)

@@ -168,7 +168,7 @@ class Scorer:
   vocab_size: int
   convention: str = "study"
   pad_multiple: int = 16
-  batch_tokens: int = 4096
+  batch_tokens: int = 2048
   max_batch: int = 64
   max_len: int = 0                # 0: no limit; longer texts raise
   jit: bool = True

@@ -289,7 +289,7 @@ def load_wug(**_) -> Task:
 
 def load_lexical_decision(**_) -> Task:
   """The study's lexical decision (real word vs. nonword), if its data has been saved locally."""
-  path = data_file("eval/lexical_decision/lexical_decision.jsonl", "lexical_decision")
+  path = data_file(LEXICAL_DECISION_FILE, "lexical_decision")
   items = []
   for n, rec in read_jsonl(path):
     lexeme, wug = need(rec, ("lexeme", "wug"), f"{path}:{n}")
@@ -322,13 +322,21 @@ DEFAULT_TASKS = ("dialogue_word", "dialogue_token", "zorro", "blimp", "blimp_fil
 STUDY_LOWERCASED = ("blimp", "zorro")
 
 
+LEXICAL_DECISION_FILE = "eval/lexical_decision/lexical_decision.jsonl"
+
+
 def parse_task_names(spec: str, heldout: str = "") -> list[str]:
-  """`"all"` or a comma-separated list -> known task names, in the given order."""
+  """`"all"` or a comma-separated list -> known task names, in the given order.
+
+  "all" adds dialogue_heldout when `heldout` is given and lexical_decision when its data is present.
+  """
   spec = (spec or "all").strip()
   if spec == "all":
     names = list(DEFAULT_TASKS)
     if heldout:
       names.insert(2, "dialogue_heldout")
+    if (paths.data_root() / LEXICAL_DECISION_FILE).exists():
+      names.insert(names.index("zorro") + 1, "lexical_decision")
     return names
   names = [n.strip() for n in spec.split(",") if n.strip()]
   unknown = [n for n in names if n not in LOADERS]
