@@ -11,6 +11,7 @@ import os
 import sys
 
 from absl import app
+from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -37,6 +38,7 @@ def main(argv):
   from llamalogue.errors import LlamalogueError
   from llamalogue import config_check
 
+  logging.set_verbosity(logging.WARNING)  # orbax and jax log every step at INFO
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value

@@ -92,11 +92,26 @@ def run(config, workdir: str) -> dict:
   data_dir = pathlib.Path(ensure_prepared(config, str(workdir)))
   from llamalogue.hf import load_tokenizer
   tokenizer = load_tokenizer(data_dir)
-  model_cfg = model_lib.config_from(config.model, vocab_size=len(tokenizer))
+  init_params = None
+  if config.get("init_from"):  # continue pre-training a HF model or a checkpoint of ours
+    from llamalogue.hf import load
+    loaded, _ = load(config.init_from)
+    model_cfg = loaded.cfg
+    init_params = step_lib.split_model(loaded)[1]
+  else:
+    model_cfg = model_lib.config_from(config.model, vocab_size=len(tokenizer))
   model_cfg = dataclasses.replace(model_cfg, dtype=compute_dtype(config.model.dtype),
                                   max_seq_len=max(model_cfg.max_seq_len, config.data.seq_len))
   if len(tokenizer) > model_cfg.vocab_size:
-    raise ConfigError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
+    raise ConfigError(f"model vocabulary ({model_cfg.vocab_size}) is smaller than the tokenizer's "
+                      f"({len(tokenizer)} tokens in {data_dir / 'tokenizer.json'})")
+
+  for name in ("train_tokens.npy", "valid_tokens.npy"):
+    if (data_dir / name).exists():
+      top = int(np.load(data_dir / name, mmap_mode="r").max(initial=0))
+      if top >= model_cfg.vocab_size:
+        raise ConfigError(f"{data_dir / name}: token id {top} is outside the model's vocabulary "
+                          f"({model_cfg.vocab_size}); tokens and model do not belong together")
 
   t = config.train
   mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -120,7 +135,10 @@ def run(config, workdir: str) -> dict:
   ckpts.write_run_files(model_cfg, data_dir)
   restored = ckpts.restore_latest(target)
   graphdef = step_lib.init_graphdef(model_cfg)
-  if restored is None:
+  if restored is None and init_params is not None:
+    state = sharding_lib.shard(step_lib.init_state(init_params, tx), shardings)
+    meta = {"step": 0, "words": 0, "milestones_done": [], "seed": config.seed}
+  elif restored is None:
     state = jax.jit(lambda: step_lib.init_state(params_fn(), tx), out_shardings=shardings)()
     meta = {"step": 0, "words": 0, "milestones_done": [], "seed": config.seed}
   else:
