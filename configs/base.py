@@ -4,22 +4,29 @@ import ml_collections
 
 
 def data(tiny: bool = False) -> ml_collections.ConfigDict:
-  """CHILDES -> triplets -> tokenizer -> packed tokens (llamalogue/data)."""
+  """CHILDES -> triplets -> tokenizer -> packed tokens (llamalogue/data, `prepare` mode)."""
   d = ml_collections.ConfigDict()
   # Comma-separated TalkBank ZIPs, directories, .cha files or URLs. `data:` = $LLAMALOGUE_DATA.
   d.childes = "data:childes"
   d.strict = False              # True: one bad file stops the run instead of being skipped.
-  d.max_words = 10_000_000      # lexical-word budget of the pre-training split
-  d.min_words = 3               # lexical-word minimum per utterance in a triplet (STUDY.md §2)
+  d.max_words = 10_000_000      # lexical-word budget of the pre-training split (BabyLM strict-small)
+  # Units: `unit_size` adjacent utterances with their tags, from transcripts with >= 2
+  # speakers. An utterance below `min_words` lexical words ends a run (no unit spans it);
+  # a unit needs `min_unit_words` in all (the summary's ">= 5 lexical words"). The
+  # study's released pairs have >= 3 words per turn: the pair builder applies that.
+  d.min_words = 1               # lexical-word minimum per utterance in a unit
+  d.min_unit_words = 5          # lexical-word minimum per unit
   d.unit_size = 3               # utterances per dialogue unit (triplets)
   d.require_child = True        # a unit must involve the target child
-  d.speakers = ""               # comma-separated speaker codes to keep ("" = all)
-  d.split_seed = 42
+  d.speakers = ""               # comma-separated speaker codes or roles to keep ("" = all)
+  d.normalize_tags = True       # the single target child / mother / father are *CHI: / *MOT: / *FAT:
+  d.split_seed = 42             # seeded hash of each transcript's path picks its split
   d.heldout_a = 0.05            # fraction of transcripts for preference pairs + minimal pairs
   d.heldout_b = 0.05            # fraction of transcripts for PPO prompts
-  d.vocab_size = 8_465
-  d.seq_len = 128
-  d.num_workers = 2
+  d.valid = 0.02                # fraction of transcripts for the eval-loss slice (valid_*.npy)
+  d.vocab_size = 8_465          # byte-level BPE incl. <|endoftext|>
+  d.seq_len = 128               # training window (read by the iterator, not by prepare)
+  d.num_workers = 2             # processes reading transcripts
   if tiny:
     d.childes = "data:childes/Eng-UK/Wooten.zip,data:childes/Eng-NA/Bliss.zip,data:childes/Eng-NA/McMillan.zip,data:childes/Eng-NA/Haggerty.zip"
     d.max_words = 100_000
@@ -27,6 +34,7 @@ def data(tiny: bool = False) -> ml_collections.ConfigDict:
     d.seq_len = 64
     d.heldout_a = 0.1
     d.heldout_b = 0.1
+    d.valid = 0.1
   return d
 
 

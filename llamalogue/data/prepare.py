@@ -1,0 +1,324 @@
+"""The `prepare` mode: CHILDES -> units -> splits -> tokenizer -> packed tokens.
+
+  python main.py --config=configs/prepare.py --workdir=DIR
+
+Writes DIR/data/ (see OUTPUTS). The directory is built as a temporary
+sibling and renamed into place, with a DONE manifest written last, so an
+interrupted run never leaves something a later run takes for complete. A
+run with the same inputs and config (same `key`) reuses it.
+"""
+
+import collections
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+from llamalogue.data import bpe
+from llamalogue.data import reader
+from llamalogue.data import sources
+from llamalogue.data import units
+from llamalogue.errors import ConfigError, DataError
+
+VERSION = 1   # bump when outputs change for the same inputs and config
+TEXT_FILES = {"pretrain": "pretrain.txt", "heldout_a": "heldout_a.txt",
+              "heldout_b": "heldout_b.txt", "valid": "valid.txt"}
+OUTPUTS = (
+    "pretrain.txt", "heldout_a.txt", "heldout_b.txt", "valid.txt",
+    "heldout_a_dialogues.jsonl", "heldout_b_dialogues.jsonl",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "train_tokens.npy", "train_words.npy", "valid_tokens.npy", "valid_words.npy",
+    "stats.json", "summary.md", "DONE")
+# config.data fields that change the outputs (num_workers does not).
+KEY_FIELDS = ("childes", "strict", "max_words", "min_words", "min_unit_words", "unit_size",
+              "require_child", "speakers", "normalize_tags", "split_seed", "heldout_a",
+              "heldout_b", "valid", "vocab_size")
+MAX_LISTED_PROBLEMS = 20
+
+
+def run(config, workdir) -> None:
+  """The `prepare` mode: builds DIR/data (or reuses it) and prints its summary."""
+  out = ensure_prepared(config, workdir)
+  print((out / "summary.md").read_text().rstrip())
+  print(f"outputs: {out}")
+
+
+def ensure_prepared(config, workdir) -> pathlib.Path:
+  """DIR/data, built now if missing or stale (inputs or config changed)."""
+  d = _data_config(config)
+  out = pathlib.Path(workdir).expanduser() / "data"
+  items, bad = sources.list_items(d["childes"], strict=d["strict"])
+  key = cache_key(d, items)
+  if is_complete(out, key):
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".data.tmp-", dir=out.parent))
+  try:
+    build(d, items, bad, key, tmp)
+    _swap(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out
+
+
+def is_complete(out: pathlib.Path, key: str) -> bool:
+  """True when `out` was finished by a run with this key."""
+  try:
+    manifest = json.loads((out / "DONE").read_text())
+  except (OSError, ValueError):
+    return False
+  return manifest.get("key") == key and all((out / f).exists() for f in OUTPUTS)
+
+
+def cache_key(d: dict, items: list[sources.Item]) -> str:
+  """Hash of the config fields that matter, the code version and the inputs' bytes."""
+  h = hashlib.sha256()
+  h.update(json.dumps({k: d[k] for k in KEY_FIELDS if k != "childes"}, sort_keys=True).encode())
+  h.update(f"version={VERSION}\n".encode())
+  seen = set()
+  for item in items:
+    h.update(item.id.encode() + b"\0")
+    if item.text is not None:
+      h.update(hashlib.sha256(item.text.encode()).digest())
+    elif item.path not in seen:
+      seen.add(item.path)
+      h.update(_file_digest(item.path))
+  return h.hexdigest()
+
+
+def _file_digest(path: str) -> bytes:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.digest()
+
+
+def _swap(tmp: pathlib.Path, out: pathlib.Path) -> None:
+  """Moves the finished `tmp` to `out`, replacing an old `out` atomically enough."""
+  old = None
+  if out.exists():
+    old = out.with_name(f".data.old-{os.getpid()}")
+    os.replace(out, old)
+  os.replace(tmp, out)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _data_config(config) -> dict:
+  """config.data as a plain dict, checked; ConfigError names a bad key."""
+  if "data" not in config:
+    raise ConfigError("config.data is missing; use configs/base.py data()")
+  d = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+  defaults = {"min_unit_words": 0, "valid": 0.0, "normalize_tags": True, "num_workers": 1,
+              "strict": False, "speakers": "", "require_child": True, "unit_size": 3,
+              "min_words": 1, "split_seed": 42}
+  for k, v in defaults.items():
+    d.setdefault(k, v)
+  for k in ("childes", "max_words", "heldout_a", "heldout_b", "vocab_size"):
+    if k not in d:
+      raise ConfigError(f"config.data.{k} is missing")
+
+  def check(ok, key, what):
+    if not ok:
+      raise ConfigError(f"config.data.{key}: {what}, got {d[key]!r}")
+
+  for k in ("max_words", "vocab_size", "unit_size"):
+    check(isinstance(d[k], int) and d[k] > 0, k, "must be a positive integer")
+  for k in ("min_words", "min_unit_words", "num_workers", "split_seed"):
+    check(isinstance(d[k], int) and d[k] >= 0, k, "must be an integer >= 0")
+  for k in ("heldout_a", "heldout_b", "valid"):
+    check(isinstance(d[k], (int, float)) and 0 <= d[k] < 1, k, "must be a fraction in [0, 1)")
+  check(d["heldout_a"] + d["heldout_b"] + d["valid"] < 1, "heldout_a",
+        "heldout_a + heldout_b + valid must leave transcripts for pre-training")
+  check(d["vocab_size"] >= 257 + 1, "vocab_size", "must exceed the 256 byte tokens + EOS")
+  check(isinstance(d["speakers"], str), "speakers", "must be a comma-separated string")
+  check(isinstance(d["childes"], str) and d["childes"].strip(), "childes",
+        "must name ZIPs, directories, .cha files or URLs")
+  return d
+
+
+def _settings(d: dict) -> reader.Settings:
+  rules = units.UnitRules(
+      unit_size=d["unit_size"], min_words=d["min_words"], min_unit_words=d["min_unit_words"],
+      require_child=bool(d["require_child"]),
+      speakers=tuple(s.strip() for s in d["speakers"].split(",") if s.strip()))
+  return reader.Settings(rules=rules, split_seed=d["split_seed"],
+                         normalize_tags=bool(d["normalize_tags"]))
+
+
+def _log(msg: str) -> None:
+  print(f"prepare: {msg}", flush=True)
+
+
+def build(d: dict, items, bad: dict, key: str, out: pathlib.Path) -> None:
+  """The whole pipeline into the (empty, temporary) directory `out`."""
+  t0 = time.time()
+  workers = max(1, min(d["num_workers"], os.cpu_count() or 1))
+  _log(f"reading {len(items)} transcripts with {workers} worker(s)")
+  split = units.assign_splits([i.id for i in items], d["split_seed"], d["heldout_a"],
+                              d["heldout_b"], d["valid"])
+  results = []
+  for r in reader.read_all([(i, split[i.id]) for i in items], _settings(d), workers):
+    if r["error"]:
+      if d["strict"]:
+        raise DataError(f"{r['name']}: {r['error']} (data.strict=True; set it False to skip)")
+      bad[r["name"]] = r["error"]
+      continue
+    results.append(r)
+  t_read = time.time()
+  _warn_bad(bad)
+  if not results:
+    raise DataError(f"data.childes: no usable CHAT transcripts in {d['childes']!r}")
+
+  split_units, budget = _assign(results, d["max_words"])
+  if not split_units["pretrain"]:
+    raise DataError("data: the pre-training split has no units; add transcripts or relax "
+                    "data.min_words / data.min_unit_words / data.require_child")
+  for split, name in TEXT_FILES.items():
+    _write_lines(out / name, (u[0] for u in split_units[split]))
+  for split in ("heldout_a", "heldout_b"):
+    _write_lines(out / f"{split}_dialogues.jsonl",
+                 (json.dumps(r["dialogue"], ensure_ascii=False)
+                  for r in results if r["split"] == split))
+  t_write = time.time()
+
+  _log(f"training byte-level BPE (vocab {d['vocab_size']}) on "
+       f"{len(split_units['pretrain'])} pre-training units")
+  tok = bpe.train([u[0] for u in split_units["pretrain"]], d["vocab_size"])
+  bpe.save(tok, out)
+  t_bpe = time.time()
+  n_tokens = {}
+  for name, split in (("train", "pretrain"), ("valid", "valid")):
+    texts = [u[0] for u in split_units[split]]
+    tokens_N, words_N = bpe.encode(tok, texts, [units.word_flags(t) for t in texts])
+    bpe.save_arrays(out, name, tokens_N, words_N)
+    n_tokens[name] = int(tokens_N.shape[0])
+    if int(words_N.sum()) != sum(u[1] for u in split_units[split]):
+      raise AssertionError(f"{name}: words mask disagrees with the word count")
+  t_tok = time.time()
+
+  seconds = {"read": t_read - t0, "write_text": t_write - t_read,
+             "train_tokenizer": t_bpe - t_write, "encode": t_tok - t_bpe, "total": t_tok - t0}
+  stats = make_stats(d, items, bad, results, split_units, budget, tok, n_tokens, seconds)
+  (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+  (out / "summary.md").write_text(summary(stats))
+  manifest = {"key": key, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "files": sorted(OUTPUTS)}
+  (out / "DONE").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _write_lines(path: pathlib.Path, lines) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    for line in lines:
+      f.write(line)
+      f.write("\n")
+
+
+def _warn_bad(bad: dict) -> None:
+  if not bad:
+    return
+  print(f"warning: skipped {len(bad)} bad file(s):", file=sys.stderr)
+  for i, (name, reason) in enumerate(sorted(bad.items())):
+    if i == MAX_LISTED_PROBLEMS:
+      print(f"warning:   ... and {len(bad) - i} more (all in stats.json)", file=sys.stderr)
+      break
+    print(f"warning:   {name}: {reason}", file=sys.stderr)
+
+
+def _assign(results: list[dict], max_words: int):
+  """Units per split; pre-training units in seeded transcript order up to the budget.
+
+  The budget stops at the first unit that would pass `max_words`; that unit
+  and all later ones are dropped (counted as over_budget).
+  """
+  split_units = {s: [] for s in units.SPLITS}
+  budget = {"max_words": max_words, "words": 0, "units_over": 0, "hit": False}
+  for r in results:
+    if r["split"] != "pretrain":
+      split_units[r["split"]].extend(r["units"])
+  pretrain = sorted((r for r in results if r["split"] == "pretrain"),
+                    key=lambda r: (r["order"], r["id"]))
+  for r in pretrain:
+    r["over"] = 0
+    for u in r["units"]:
+      if budget["hit"] or budget["words"] + u[1] > max_words:
+        budget["hit"] = True
+        r["over"] += 1
+        continue
+      budget["words"] += u[1]
+      split_units["pretrain"].append(u)
+    budget["units_over"] += r["over"]
+  return split_units, budget
+
+
+def make_stats(d, items, bad, results, split_units, budget, tok, n_tokens, seconds) -> dict:
+  """Everything countable about the run; utterances read = in units + dropped."""
+  unit_size = d["unit_size"]
+  drops = collections.Counter()
+  for r in results:
+    drops.update(r["drops"])
+  over_utts = sum(r.get("over", 0) for r in results) * unit_size
+  if over_utts:
+    drops[units.OVER_BUDGET] += over_utts
+  read = sum(r["read"] for r in results)
+  in_units = sum(r["used"] for r in results) - over_utts
+  if read != in_units + sum(drops.values()):
+    raise AssertionError(f"utterance accounting: read {read} != {in_units} + {sum(drops.values())}")
+  per_split = {}
+  for s in units.SPLITS:
+    rs = [r for r in results if r["split"] == s]
+    per_split[s] = {"files": len(rs), "units": len(split_units[s]),
+                    "words": sum(u[1] for u in split_units[s]),
+                    "utterances": len(split_units[s]) * unit_size}
+  warn_files = {r["id"]: r["warnings"] for r in results if r["warnings"]}
+  return {
+      "inputs": d["childes"],
+      "files": {"transcripts_listed": len(items), "read": len(results), "skipped": len(bad),
+                "skipped_files": dict(sorted(bad.items()))},
+      "utterances": {"read": read, "in_units": in_units, "dropped": dict(drops.most_common()),
+                     "empty_tokens": sum(r["empty_tokens"] for r in results),
+                     "recovered_from_main_tier": sum(r["recovered"] for r in results)},
+      "pylangacq_warnings": {"total": sum(warn_files.values()), "files": len(warn_files),
+                             "per_file": warn_files},
+      "words": {"corpus": sum(r["words"] for r in results),
+                **{s: per_split[s]["words"] for s in units.SPLITS}},
+      "budget": budget,
+      "splits": per_split,
+      "tokens": {**n_tokens, "vocab_size": tok.get_vocab_size()},
+      "config": {k: d[k] for k in KEY_FIELDS},
+      "seconds": {k: round(v, 2) for k, v in seconds.items()},
+  }
+
+
+def summary(stats: dict) -> str:
+  """A short human-readable report (summary.md)."""
+  u, f, w, b = stats["utterances"], stats["files"], stats["words"], stats["budget"]
+  lines = [
+      "# CHILDES data preparation",
+      "",
+      f"- files: {f['read']} read, {f['skipped']} skipped",
+      f"- utterances: {u['read']:,} read, {u['in_units']:,} in units; "
+      f"{u['empty_tokens']:,} had empty pylangacq tokens (%mor misaligned), "
+      f"{u['recovered_from_main_tier']:,} of them recovered from the main tier",
+      f"- pylangacq warnings: {stats['pylangacq_warnings']['total']:,} in "
+      f"{stats['pylangacq_warnings']['files']} files (per file in stats.json)",
+      f"- lexical words: {w['corpus']:,} in cleaned utterances; pre-training split "
+      f"{w['pretrain']:,} of a {b['max_words']:,} budget"
+      + (" (budget reached)" if b["hit"] else ""),
+      f"- tokens: train {stats['tokens']['train']:,}, valid {stats['tokens']['valid']:,}, "
+      f"vocab {stats['tokens']['vocab_size']:,}",
+      f"- time: {stats['seconds']['total']:.1f} s",
+      "",
+      "| split | files | units | words |",
+      "|---|---:|---:|---:|",
+  ]
+  for s, v in stats["splits"].items():
+    lines.append(f"| {s} | {v['files']:,} | {v['units']:,} | {v['words']:,} |")
+  lines += ["", "| utterances dropped | count |", "|---|---:|"]
+  lines += [f"| {k} | {v:,} |" for k, v in u["dropped"].items()]
+  return "\n".join(lines) + "\n"
