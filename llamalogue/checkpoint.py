@@ -130,7 +130,7 @@ def load_model(path: str | os.PathLike, dtype: str = "float32"):
   cfg = dataclasses.replace(model_lib.LlamaConfig(**cfg_dict), dtype=dtype).validate()
   graphdef, abstract = hf.abstract_model(cfg)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract.to_pure_dict())
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), model_lib.pure_dict(abstract))
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   restored = ckptr.restore((ckpt / "state").absolute(), args=ocp.args.PyTreeRestore(
       item={"params": target},

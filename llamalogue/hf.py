@@ -111,13 +111,13 @@ def from_tensors(cfg: model_lib.LlamaConfig, tensors: dict[str, np.ndarray], sou
       raise DataError(f"{source}: tensor {name} has shape {value.shape}, expected {abstract.shape} from config.json")
     return jnp.asarray(value)
 
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(take, state.to_pure_dict()))
+  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(take, model_lib.pure_dict(state)))
 
 
 def to_tensors(model: model_lib.Llama) -> dict[str, np.ndarray]:
   """HF-named float32 numpy tensors of our model."""
   out = {}
-  leaves, _ = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param).to_pure_dict())
+  leaves, _ = jax.tree_util.tree_flatten_with_path(model_lib.pure_dict(nnx.state(model, nnx.Param)))
   for path, value in leaves:
     name, transpose = _hf_name(_key(path))
     value = np.asarray(jax.device_get(value), dtype=np.float32)

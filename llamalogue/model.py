@@ -210,6 +210,11 @@ class Llama(nnx.Module):
     return logits_BxLxV.astype(jnp.float32)
 
 
+def pure_dict(state) -> dict:
+  """An NNX State as a plain nested dict of arrays (the form params take in steps and checkpoints)."""
+  return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()
+
+
 def token_logprobs(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
   """log p(target) at each position, float32."""
   logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)

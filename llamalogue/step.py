@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from llamalogue import model as model_lib
 from llamalogue import sharding as sharding_lib
 
 LossFn = Callable[[Any, dict], tuple[jax.Array, jax.Array]]
@@ -26,7 +27,7 @@ def init_params(model_cfg, seed: int) -> tuple[nnx.GraphDef, dict]:
   """(graphdef, float32 params as a pure dict) of a freshly initialised Llama."""
   from llamalogue.model import Llama
   graphdef, state = nnx.split(Llama(model_cfg, rngs=nnx.Rngs(params=seed)))
-  return graphdef, state.to_pure_dict()
+  return graphdef, model_lib.pure_dict(state)
 
 
 def init_graphdef(model_cfg) -> nnx.GraphDef:
@@ -37,7 +38,7 @@ def init_graphdef(model_cfg) -> nnx.GraphDef:
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
   graphdef, state = nnx.split(model)
-  return graphdef, state.to_pure_dict()
+  return graphdef, model_lib.pure_dict(state)
 
 
 def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -77,7 +77,7 @@ def test_bf16_compute_close_to_fp32_and_params_stay_fp32():
 def test_loss_mask_and_sum():
   cfg = _small()
   graphdef, state = nnx.split(M.Llama(cfg, rngs=nnx.Rngs(0)))
-  params = state.to_pure_dict()
+  params = M.pure_dict(state)
   inputs = jnp.array([[1, 2, 3, 4]])
   targets = jnp.array([[2, 3, 4, 5]])
   full = {"inputs": inputs, "targets": targets, "loss_mask": jnp.ones((1, 4))}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from llamalogue import checkpoint as ckpt_lib
+from llamalogue import model as M
 from llamalogue import paths, sharding, step
 from llamalogue.metrics import read_scalars
 
@@ -59,7 +60,7 @@ def _workdir(tmp_path, prepared, name):
 def _final_params(workdir):
   model, _ = ckpt_lib.load_model(workdir)
   from flax import nnx
-  return jax.device_get(nnx.state(model, nnx.Param).to_pure_dict())
+  return jax.device_get(M.pure_dict(nnx.state(model, nnx.Param)))
 
 
 @pytest.fixture(scope="module")
