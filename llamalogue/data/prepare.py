@@ -195,7 +195,7 @@ def build(d: dict, items, bad: dict, key: str, out: pathlib.Path) -> None:
   n_tokens = {}
   for name, split in (("train", "pretrain"), ("valid", "valid")):
     texts = [u[0] for u in split_units[split]]
-    tokens_N, words_N = bpe.encode(tok, texts, [units.word_flags(t) for t in texts])
+    tokens_N, words_N = bpe.encode(tok, texts)
     bpe.save_arrays(out, name, tokens_N, words_N)
     n_tokens[name] = int(tokens_N.shape[0])
     if int(words_N.sum()) != sum(u[1] for u in split_units[split]):
@@ -233,25 +233,30 @@ def _warn_bad(bad: dict) -> None:
 def _assign(results: list[dict], max_words: int):
   """Units per split; pre-training units in seeded transcript order up to the budget.
 
-  The budget stops at the first unit that would pass `max_words`; that unit
-  and all later ones are dropped (counted as over_budget).
+  A pre-training unit whose exact text also occurs in another split is
+  dropped (duplicate_of_heldout), so nothing of the held-out text is
+  trained on. The budget stops at the first unit that would pass
+  `max_words`; that unit and all later ones are dropped (over_budget).
   """
   split_units = {s: [] for s in units.SPLITS}
   budget = {"max_words": max_words, "words": 0, "units_over": 0, "hit": False}
   for r in results:
     if r["split"] != "pretrain":
       split_units[r["split"]].extend(r["units"])
+  held_texts = {u[0] for s in units.SPLITS if s != "pretrain" for u in split_units[s]}
   pretrain = sorted((r for r in results if r["split"] == "pretrain"),
                     key=lambda r: (r["order"], r["id"]))
   for r in pretrain:
-    r["over"] = 0
+    r["over"] = r["duplicate"] = 0
     for u in r["units"]:
-      if budget["hit"] or budget["words"] + u[1] > max_words:
+      if u[0] in held_texts:
+        r["duplicate"] += 1
+      elif budget["hit"] or budget["words"] + u[1] > max_words:
         budget["hit"] = True
         r["over"] += 1
-        continue
-      budget["words"] += u[1]
-      split_units["pretrain"].append(u)
+      else:
+        budget["words"] += u[1]
+        split_units["pretrain"].append(u)
     budget["units_over"] += r["over"]
   return split_units, budget
 
@@ -263,10 +268,13 @@ def make_stats(d, items, bad, results, split_units, budget, tok, n_tokens, secon
   for r in results:
     drops.update(r["drops"])
   over_utts = sum(r.get("over", 0) for r in results) * unit_size
+  dup_utts = sum(r.get("duplicate", 0) for r in results) * unit_size
   if over_utts:
     drops[units.OVER_BUDGET] += over_utts
+  if dup_utts:
+    drops[units.DUPLICATE] += dup_utts
   read = sum(r["read"] for r in results)
-  in_units = sum(r["used"] for r in results) - over_utts
+  in_units = sum(r["used"] for r in results) - over_utts - dup_utts
   if read != in_units + sum(drops.values()):
     raise AssertionError(f"utterance accounting: read {read} != {in_units} + {sum(drops.values())}")
   per_split = {}

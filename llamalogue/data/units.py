@@ -25,6 +25,7 @@ SINGLE_SPEAKER = "single_speaker_transcript"
 LEFTOVER = "run_leftover"                # end of a run too short for a unit
 NO_CHILD = "unit_without_child"          # data.require_child and no target-child turn
 SHORT_UNIT = "short_unit"                # unit below data.min_unit_words
+DUPLICATE = "duplicate_of_heldout"       # pre-training unit whose text is in another split
 OVER_BUDGET = "over_budget"              # pre-training units past data.max_words
 
 
@@ -74,11 +75,6 @@ def assign_splits(ids: list[str], seed: int, heldout_a: float, heldout_b: float,
     if len(pretrain) >= 2:
       out[pretrain[0]] = split
   return out
-
-
-def word_flags(text: str) -> str:
-  """'1' for each space-separated chunk that is a lexical word, else '0'."""
-  return "".join("0" if (w in PUNCT or w[0] == "*") else "1" for w in text.split(" "))
 
 
 def unit_text(utts) -> str:
