@@ -8,7 +8,9 @@ not depend on the number of workers.
 
 import dataclasses
 import multiprocessing
-import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from llamalogue.data import sources
 from llamalogue.data import transcript
@@ -71,7 +73,6 @@ _SETTINGS: Settings | None = None
 def _init(settings: Settings) -> None:
   global _SETTINGS
   _SETTINGS = settings
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _work(job: tuple[Item, str]) -> dict:
@@ -82,13 +83,22 @@ def read_all(jobs: list[tuple[Item, str]], settings: Settings, num_workers: int)
   """Yields process_item results for (item, split) jobs in input order.
 
   Workers are spawned (not forked): the caller may already hold JAX or
-  tokenizer threads.
+  tokenizer threads. If the pool breaks (e.g. a script without an
+  `if __name__ == "__main__":` guard), the remaining jobs run in-process.
   """
-  if num_workers <= 1 or len(jobs) < 2:
-    for item, split in jobs:
-      yield process_item(item, split, settings)
-    sources.close_zips()
-    return
-  ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(num_workers, initializer=_init, initargs=(settings,)) as pool:
-    yield from pool.imap(_work, jobs, chunksize=4)
+  done = 0
+  if num_workers > 1 and len(jobs) > 1:
+    ctx = multiprocessing.get_context("spawn")
+    try:
+      with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init,
+                               initargs=(settings,)) as pool:
+        for result in pool.map(_work, jobs, chunksize=4):
+          done += 1
+          yield result
+      return
+    except BrokenProcessPool:
+      print("warning: the reading process pool broke; continuing in one process",
+            file=sys.stderr)
+  for item, split in jobs[done:]:
+    yield process_item(item, split, settings)
+  sources.close_zips()
