@@ -49,6 +49,7 @@ CASES = [
     ("I wan(t) (be)cause it(s) hot .", "I want because its hot ."),
     ("Sessy@f said bow+wow@o .", "Sessy said bow wow ."),
     ("hola@s:spa amigo@s:spa .", "hola amigo ."),
+    ("he said bedtɘ@u to me .", "he said to me ."),
     ("Kit_Kat and ice+cream .", "Kit Kat and ice cream ."),
     ("o:h no:: .", "oh no ."),
     ("ge^errrer@o .", "geerrrer ."),

@@ -69,7 +69,9 @@ def _clean_word(token: str) -> list[str]:
   """Plain words for one CHAT word token ([] when it is not speech)."""
   if token.startswith("&") or token.startswith("0"):
     return []
-  token = token.split("@", 1)[0]
+  token, _, marker = token.partition("@")
+  if marker.startswith("u"):     # UNIBET phonological transcription, not a word
+    return []
   if token.lower() in _UNINTELLIGIBLE:
     return []
   token = token.replace("_", " ").replace("+", " ").replace("~", " ")
