@@ -88,17 +88,18 @@ def read_all(jobs: list[tuple[Item, str]], settings: Settings, num_workers: int)
   """
   done = 0
   if num_workers > 1 and len(jobs) > 1:
-    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init, initargs=(settings,))
     try:
-      with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init,
-                               initargs=(settings,)) as pool:
-        for result in pool.map(_work, jobs, chunksize=4):
-          done += 1
-          yield result
+      for result in pool.map(_work, jobs, chunksize=4):
+        done += 1
+        yield result
       return
     except BrokenProcessPool:
       print("warning: the reading process pool broke; continuing in one process",
             file=sys.stderr)
+    finally:   # also when the caller stops early (data.strict): drop queued work
+      pool.shutdown(wait=True, cancel_futures=True)
   for item, split in jobs[done:]:
     yield process_item(item, split, settings)
   sources.close_zips()
