@@ -192,6 +192,7 @@ class Scorer:
       return token_stats(self.apply_fn(params, tokens_BxL), tokens_BxL, bow)
 
     self._stats = jax.jit(stats) if self.jit else stats
+    self._cache: dict[tuple[str, int], float] = {}   # (text, span_start) -> score, across tasks
     self.is_bow_V = self.bow_V if self.bow_V is not None else np.zeros(self.vocab_size, bool)
 
   @classmethod
@@ -215,11 +216,21 @@ class Scorer:
 
   def score(self, texts: Sequence[str], span_starts: Sequence[int] | None = None,
             progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Summed log-probability (nats) of the span of each text, float64 `[N]`."""
+    """Summed log-probability (nats) of the span of each text, float64 `[N]`.
+
+    Scores are cached by (text, span_start) for the scorer's lifetime, so a text
+    shared by two tasks (BLiMP and its BabyLM-filtered subset) is scored once.
+    """
     if span_starts is None:
       span_starts = [0] * len(texts)
-    ids, first = encode(self.tokenizer, texts, span_starts)
-    return self.score_ids(ids, first, self.bow_correction, progress)
+    keys = list(zip(texts, (int(s) for s in span_starts)))
+    todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+    if progress is not None and len(todo) < len(keys):
+      progress(len(keys) - len(todo))
+    if todo:
+      ids, first = encode(self.tokenizer, [t for t, _ in todo], [s for _, s in todo])
+      self._cache.update(zip(todo, self.score_ids(ids, first, self.bow_correction, progress).tolist()))
+    return np.array([self._cache[k] for k in keys], np.float64)
 
   def next_token_logprobs(self, contexts: Sequence[str], target_ids: Sequence[int],
                           progress: Callable[[int], None] | None = None) -> np.ndarray:

@@ -182,3 +182,11 @@ def test_vocabulary_mismatch_is_a_clear_error(ours, tmp_path):
 def test_unknown_convention(ours):
   with pytest.raises(ConfigError, match="convention"):
     scoring.Scorer.from_model(*ours, convention="nope")
+
+
+def test_repeated_texts_are_scored_once(ours, monkeypatch):
+  sc = scoring.Scorer.from_model(*ours)
+  texts = [t for p in sample_dialogue(4) for t in p]
+  first = sc.score(texts)
+  monkeypatch.setattr(sc, "score_ids", lambda *a: pytest.fail("cached texts were scored again"))
+  np.testing.assert_array_equal(sc.score(texts[::-1] + texts), np.concatenate([first[::-1], first]))
