@@ -2,7 +2,6 @@
 
 import re
 import warnings
-import zipfile
 
 import pytest
 

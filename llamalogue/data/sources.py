@@ -99,7 +99,7 @@ def file_item(path: pathlib.Path, prefix: str) -> list[Item]:
   return [Item(id=os.path.join(prefix, path.name) if prefix else path.name, path=str(path))]
 
 
-def url_items(url: str, strict: bool) -> list[Item]:
+def url_items(url: str) -> list[Item]:
   """Transcripts that `pylangacq.read_chat` fetches from a URL (online only)."""
   import warnings
   import pylangacq
@@ -133,7 +133,7 @@ def list_items(spec: str, strict: bool = False) -> tuple[list[Item], dict[str, s
 
   for entry in resolve_entries(spec):
     if isinstance(entry, str):
-      add(url_items, entry, strict)
+      add(url_items, entry)
       continue
     for path, prefix in local_files(entry):
       add(file_item, path, prefix)

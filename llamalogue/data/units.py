@@ -13,7 +13,6 @@ import collections
 import dataclasses
 import hashlib
 
-from llamalogue.data.chat import PUNCT
 from llamalogue.data.transcript import Transcript
 
 SPLITS = ("pretrain", "heldout_a", "heldout_b", "valid")
