@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 16 if tiny else 64
   c.train.checkpoint_every = 50 if tiny else 500
   c.train.keep_latest = 2
+  c.train.milestones = ""         # "": 1/10 ... 10/10 of the budget, then 2x ... epochs x; or "1e6,2e6,..."
   c.train.peak_flops = 0.0        # 0: look the chip up for MFU
   c.train.distributed = False     # multi-host: jax.distributed.initialize() (see README)
 

@@ -124,6 +124,11 @@ def run(config, workdir: str) -> dict:
   # Name milestones by the nominal budget when the split fills it (1M ... 100M for the study).
   nominal = config.data.max_words if words_per_epoch >= 0.99 * config.data.max_words else words_per_epoch
   marks = milestones(nominal, t.epochs)
+  if t.get("milestones"):
+    try:
+      marks = sorted({int(float(x)) for x in t.milestones.split(",") if x.strip()})
+    except ValueError as e:
+      raise ConfigError(f"config.train.milestones: {t.milestones!r} is not a comma-separated list of word counts") from e
 
   tx, schedule = step_lib.make_optimizer(config.optimizer, total_steps)
   params_fn = lambda: step_lib.init_params(model_cfg, config.seed)[1]

@@ -423,11 +423,10 @@ def test_tiny_config_on_real_data(tmp_path):
     pytest.skip(f"real CHILDES ZIPs not found under {root}")
   from configs import prepare as prepare_config
   config = prepare_config.get_config("tiny")
-  t0 = time.time()
   out = prepare.ensure_prepared(config, tmp_path)
-  assert time.time() - t0 < 60
   stats = json.loads((out / "stats.json").read_text())
-  assert stats["files"]["read"] == 19 and stats["files"]["skipped"] == 0
+  files = stats["files"]
+  assert files["read"] == files["transcripts_listed"] > 0 and files["skipped"] == 0
   assert stats["splits"]["pretrain"]["units"] > 100 and stats["tokens"]["valid"] > 0
   u = stats["utterances"]
   assert u["read"] == u["in_units"] + sum(u["dropped"].values())

@@ -25,7 +25,8 @@ STEPS = 12
 COMMON = [f"--config.train.max_steps={STEPS}", "--config.train.checkpoint_every=3", "--config.train.log_every=2",
           "--config.train.eval_every=6", "--config.train.eval_batches=2", "--config.train.batch_size=8",
           "--config.model.hidden_size=64", "--config.model.intermediate_size=128", "--config.model.num_layers=2",
-          "--config.model.num_heads=4", "--config.model.num_kv_heads=2"]
+          "--config.model.num_heads=4", "--config.model.num_kv_heads=2",
+          "--config.train.milestones=1000,2000,1e9"]
 
 pytestmark = pytest.mark.skipif(not (paths.data_root() / "childes").exists(), reason="no CHILDES data")
 
@@ -77,7 +78,7 @@ def test_tiny_run_outputs(uninterrupted):
   assert summary["steps"] == STEPS and summary["words_seen"] > 0
   assert np.isfinite(summary["final_eval_loss"])
   marks = ckpt_lib.milestone_dirs(wd)
-  assert marks, "no milestone checkpoint"
+  assert [w for w, _ in marks] == [1000, 2000], marks
   assert [w for w, _ in marks] == sorted(w for w, _ in marks)
   meta = ckpt_lib.read_meta(marks[0][1])
   assert meta["words"] >= marks[0][0] and {"step", "data", "rng"} <= set(meta)
