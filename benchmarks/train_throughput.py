@@ -26,6 +26,12 @@ import numpy as np
 
 from llamalogue import model as M
 from llamalogue import sharding, step
+from llamalogue.train import PEAK_FLOPS, measured_matmul_flops
+
+
+def table_peak() -> float | None:
+  kind = jax.devices()[0].device_kind.lower()
+  return next((f for name, f in PEAK_FLOPS.items() if name.lower() in kind), None)
 
 SHAPES = {
     "tiny": (dataclasses.replace(M.PRESETS["tiny"], vocab_size=8192), 16, 128),
@@ -91,19 +97,6 @@ def torch_baseline(cfg, batch, seq, steps, warmup):
   return batch * seq / float(np.median(times))
 
 
-def matmul_ceiling(n=2048, dtype=jnp.float32, reps=5) -> float:
-  """Measured FLOP/s of a square matmul on the default device (the best of `reps`)."""
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda a, b: a @ b)
-  jax.block_until_ready(f(a, a))
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a, a))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best
-
-
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--shape", default="both", choices=["tiny", "135m", "both"])
@@ -115,7 +108,7 @@ def main():
   args = p.parse_args()
   shapes = ["tiny", "135m"] if args.shape == "both" else [args.shape]
   accel = jax.default_backend() != "cpu"
-  ceiling = matmul_ceiling(8192 if accel else 2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+  ceiling = measured_matmul_flops(8192 if accel else 2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  measured {args.dtype} matmul ceiling "
         f"{ceiling / 1e9:,.0f} GFLOP/s")
   results = []
@@ -129,8 +122,7 @@ def main():
     line = (f"[{name}] params {M.count_params(cfg) / 1e6:.1f}M batch {batch}x{seq} {args.dtype}: ours "
             f"{ours_tps:,.0f} tok/s = {ours_tps * fpt / 1e9:,.1f} GFLOP/s "
             f"({100 * ours_tps * fpt / ceiling:.0f}% of the measured ceiling)")
-    from llamalogue.train import peak_flops
-    peak = peak_flops(0)
+    peak = table_peak()
     if peak:
       line += f", MFU {100 * ours_tps * fpt / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s"
       for words, tok_per_word in [(100e6, 1.6)]:
