@@ -34,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compare_to = ""
   c.reuse = True                 # skip a checkpoint whose results.json has the same settings
   c.batch_tokens = 2048          # padded tokens per forward pass (2 CPU cores: 1-4k is best)
-  c.pad_multiple = 16            # pad lengths to a multiple of this (one compile per length bucket)
+  c.pad_multiple = 8             # pad lengths to a multiple of this (one compile per length bucket)
+  c.min_shared_prefix = 48       # candidates sharing this many prefix tokens run the prefix once
   if arg == "tiny":
     c.max_items_per_task = 40
   elif arg not in (None, ""):

@@ -122,18 +122,14 @@ def _bar(total: int, desc: str):
 
 def evaluate_task(scorer: scoring.Scorer, task: tasks_lib.Task) -> tuple[dict, list[dict]]:
   """Scores every candidate once; per-sub-task accuracy (or rho) and per-item predictions."""
-  requests = [(t, s) for it in task.items for t, s in zip(it.texts, it.spans)]
-  uniq, where = scoring.unique_requests(requests)
+  groups = [list(zip(it.texts, it.spans)) for it in task.items]
+  distinct = len(set(k for g in groups for k in g))
   start = time.time()
-  with _bar(len(uniq), task.name) as bar:
-    scores = scorer.score([t for t, _ in uniq], [s for _, s in uniq], bar.update)
+  with _bar(distinct, task.name) as bar:
+    per_item = scorer.score_groups(groups, bar.update)
   seconds = time.time() - start
-  per_item, offset = [], 0
-  for it in task.items:
-    per_item.append(scores[where[offset:offset + len(it.texts)]])
-    offset += len(it.texts)
   result = {"name": task.name, "benchmark": task.benchmark, "kind": task.kind, "source": task.source,
-            "items": len(task.items), "texts_scored": len(uniq), "seconds": round(seconds, 2),
+            "items": len(task.items), "texts_scored": distinct, "seconds": round(seconds, 2),
             "notes": task.notes}
   preds = []
   if task.kind == "correlation":
@@ -182,7 +178,8 @@ def load_scorer(init_from: str, config) -> tuple[scoring.Scorer, dict]:
     raise ConfigError(f"{init_from}: no tokenizer beside the checkpoint; set config.tokenizer to its directory")
   scorer = scoring.Scorer.from_model(model, tokenizer, convention=config.convention,
                                      batch_tokens=config.get("batch_tokens", 2048),
-                                     pad_multiple=config.get("pad_multiple", 16))
+                                     pad_multiple=config.get("pad_multiple", 8),
+                                     min_shared=config.get("min_shared_prefix", 48))
   info = {"vocab_size": model.cfg.vocab_size, "layers": model.cfg.num_layers, "hidden": model.cfg.hidden_size,
           "tokenizer_size": len(tokenizer)}
   return scorer, info

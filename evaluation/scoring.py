@@ -21,12 +21,13 @@ for a causal model: positions before a pad never see it.
 """
 
 import dataclasses
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evaluation.shared_prefix import common_prefix_len
 from llamalogue.errors import ConfigError, DataError
 
 CONVENTIONS = ("study", "babylm2025")
@@ -160,18 +161,23 @@ def plan_batches(lengths: Sequence[int], pad_multiple: int, batch_tokens: int,
 class Scorer:
   """Scores `(text, span_start)` requests with a causal LM.
 
-  `apply_fn(params, tokens_BxL) -> logits_BxLxV` must be jit-traceable.
+  `apply_fn(params, tokens_BxL) -> logits_BxLxV` must be jit-traceable; the optional
+  `prefix_fn(params, prefix_BxP, prefix_len_B, cont_BxKxC) -> (logits_BxV, logits_BxKxCxV)`
+  lets candidates sharing at least `min_shared` prefix tokens run that prefix once
+  (evaluation/shared_prefix.py).
   """
   apply_fn: Callable
   params: object
   tokenizer: object
   vocab_size: int
   convention: str = "study"
-  pad_multiple: int = 16
+  pad_multiple: int = 8
   batch_tokens: int = 2048
   max_batch: int = 64
   max_len: int = 0                # 0: no limit; longer texts raise
   jit: bool = True
+  prefix_fn: Callable | None = None
+  min_shared: int = 48
 
   def __post_init__(self):
     if self.convention not in CONVENTIONS:
@@ -191,7 +197,15 @@ class Scorer:
     def stats(params, tokens_BxL):
       return token_stats(self.apply_fn(params, tokens_BxL), tokens_BxL, bow)
 
+    def group_stats(params, prefix_BxP, prefix_len_B, cont_BxKxC, last_tok_B):
+      last_BxV, cont_BxKxCxV = self.prefix_fn(params, prefix_BxP, prefix_len_B, cont_BxKxC)
+      b, k, c, v = cont_BxKxCxV.shape
+      logits = jnp.concatenate([jnp.broadcast_to(last_BxV[:, None, None, :], (b, k, 1, v)), cont_BxKxCxV], 2)
+      tokens = jnp.concatenate([jnp.broadcast_to(last_tok_B[:, None, None], (b, k, 1)), cont_BxKxC], 2)
+      return token_stats(logits.reshape(b * k, c + 1, v), tokens.reshape(b * k, c + 1), bow)
+
     self._stats = jax.jit(stats) if self.jit else stats
+    self._group_stats = jax.jit(group_stats) if self.jit else group_stats
     self._cache: dict[tuple[str, int], float] = {}   # (text, span_start) -> score, across tasks
     self.is_bow_V = self.bow_V if self.bow_V is not None else np.zeros(self.vocab_size, bool)
 
@@ -199,8 +213,11 @@ class Scorer:
   def from_model(cls, model, tokenizer, **kwargs) -> "Scorer":
     """A scorer for a Flax NNX model: `model(tokens_BxL) -> logits_BxLxV`."""
     from flax import nnx
+    from evaluation import shared_prefix
     graphdef, state = nnx.split(model)
     vocab = model.cfg.vocab_size if hasattr(model, "cfg") else kwargs.pop("vocab_size")
+    if shared_prefix.supported(model):
+      kwargs.setdefault("prefix_fn", lambda p, *a: shared_prefix.forward(nnx.merge(graphdef, p), *a))
     return cls(lambda p, t: nnx.merge(graphdef, p)(t), state, tokenizer, vocab, **kwargs)
 
   def describe(self) -> dict:
@@ -231,6 +248,71 @@ class Scorer:
       ids, first = encode(self.tokenizer, [t for t, _ in todo], [s for _, s in todo])
       self._cache.update(zip(todo, self.score_ids(ids, first, self.bow_correction, progress).tolist()))
     return np.array([self._cache[k] for k in keys], np.float64)
+
+  def score_groups(self, groups: Sequence[Sequence[tuple[str, int]]],
+                   progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Scores of each group's `(text, span_start)` candidates; a long shared prefix runs once.
+
+    `progress` counts distinct candidates (cached ones at once).
+    """
+    distinct = dict.fromkeys(k for g in groups for k in g)
+    if progress is not None:
+      progress(sum(k in self._cache for k in distinct))
+    todo = [g for g in dict.fromkeys(tuple(g) for g in groups) if any(k not in self._cache for k in g)]
+    plain, shared = {}, []
+    if todo:
+      flat = [k for g in todo for k in g]
+      ids, first = encode(self.tokenizer, [t for t, _ in flat], [s for _, s in flat])
+      offset = 0
+      for g in todo:
+        rows, firsts = ids[offset:offset + len(g)], first[offset:offset + len(g)]
+        offset += len(g)
+        n = min(common_prefix_len(rows), int(firsts.min())) if len(g) > 1 else 0
+        if self.prefix_fn is not None and n >= self.min_shared:
+          shared.append((g, rows, firsts, n))
+        else:
+          plain.update((k, (r, f)) for k, r, f in zip(g, rows, firsts) if k not in self._cache)
+    if plain:
+      scores = self.score_ids([r for r, _ in plain.values()], [f for _, f in plain.values()],
+                              self.bow_correction, progress)
+      self._cache.update(zip(plain, scores.tolist()))
+    if shared:
+      self._check([r for g in shared for r in g[1]], np.array([len(r) for g in shared for r in g[1]]))
+      self._score_shared(shared, progress)
+    return [np.array([self._cache[k] for k in g], np.float64) for g in groups]
+
+  def _score_shared(self, shared, progress):
+    """Groups `(keys, rows, firsts, n_shared)` bucketed by (size, prefix, continuation length)."""
+    buckets: dict[tuple[int, int, int], list] = {}
+    for g in shared:
+      keys, rows, _, n = g
+      cont = max(len(r) for r in rows) - n
+      key = (len(keys), bucket_len(n, self.pad_multiple), bucket_len(max(cont, 1), self.pad_multiple))
+      buckets.setdefault(key, []).append(g)
+    for (k, p, c), groups in sorted(buckets.items()):
+      bsz = batch_size_for(p + k * c, self.batch_tokens, self.max_batch)
+      for start in range(0, len(groups), bsz):
+        chunk = groups[start:start + bsz]
+        prefix = np.full((bsz, p), self.pad_id, np.int32)
+        prefix_len = np.ones(bsz, np.int32)
+        cont = np.full((bsz, k, c), self.pad_id, np.int32)
+        last_tok = np.full(bsz, self.pad_id, np.int32)
+        lengths, firsts = [], []
+        for b, (_, rows, f, n) in enumerate(chunk):
+          prefix[b, :n], prefix_len[b], last_tok[b] = rows[0][:n], n, rows[0][n - 1]
+          for j, r in enumerate(rows):
+            cont[b, j, :len(r) - n] = r[n:]
+          lengths += [len(r) - n + 1 for r in rows]
+          firsts += list(np.asarray(f) - (n - 1))
+        tok_lp, bow_lp = jax.device_get(self._group_stats(self.params, jnp.asarray(prefix), jnp.asarray(prefix_len),
+                                                          jnp.asarray(cont), jnp.asarray(last_tok)))
+        m = len(chunk) * k
+        tokens = np.concatenate([np.repeat(last_tok[:, None, None], k, 1), cont], 2).reshape(bsz * k, c + 1)
+        scores = span_scores(np.asarray(tok_lp[:m]), np.asarray(bow_lp[:m]), self.is_bow_V[tokens[:m]],
+                             np.array(lengths), np.array(firsts), self.bow_correction)
+        self._cache.update(zip([key for g in chunk for key in g[0]], scores.tolist()))
+        if progress is not None:
+          progress(m)
 
   def next_token_logprobs(self, contexts: Sequence[str], target_ids: Sequence[int],
                           progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -290,14 +372,3 @@ def softmax_first(scores_NxK: np.ndarray) -> np.ndarray:
   s = s - s.max(axis=1, keepdims=True)
   e = np.exp(s)
   return e[:, 0] / e.sum(axis=1)
-
-
-def unique_requests(requests: Iterable[tuple[str, int]]) -> tuple[list[tuple[str, int]], np.ndarray]:
-  """Distinct requests and, for each input request, its index among them."""
-  index, uniq, where = {}, [], []
-  for req in requests:
-    if req not in index:
-      index[req] = len(uniq)
-      uniq.append(req)
-    where.append(index[req])
-  return uniq, np.asarray(where, dtype=np.int64)

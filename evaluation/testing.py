@@ -40,13 +40,13 @@ def make_tokenizer(out_dir, texts=None, vocab_size: int = 400):
 
 
 def make_model(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
-               kv_heads: int = 2, intermediate: int = 128, init_std: float = 0.3):
+               kv_heads: int = 2, intermediate: int = 128, init_std: float = 0.3, tie: bool = False):
   """A random Llama of ours; a large `init_std` makes its predictions peaked, not uniform."""
   from flax import nnx
   from llamalogue import model as model_lib
   cfg = model_lib.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_heads=heads,
                               num_kv_heads=kv_heads, intermediate_size=intermediate, initializer_range=init_std,
-                              max_seq_len=1024)
+                              tie_embeddings=tie, max_seq_len=1024)
   return model_lib.Llama(cfg, rngs=nnx.Rngs(seed))
 
 

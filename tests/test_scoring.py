@@ -190,3 +190,23 @@ def test_repeated_texts_are_scored_once(ours, monkeypatch):
   first = sc.score(texts)
   monkeypatch.setattr(sc, "score_ids", lambda *a: pytest.fail("cached texts were scored again"))
   np.testing.assert_array_equal(sc.score(texts[::-1] + texts), np.concatenate([first[::-1], first]))
+
+
+@pytest.mark.parametrize("convention", ["study", "babylm2025"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_shared_prefix_equals_full_forward(ours, convention, tie):
+  model, tok = ours
+  if tie:
+    model = testing.make_model(model.cfg.vocab_size, seed=3, tie=True)
+  prefix = "Box 0 contains the blue card, Box 1 contains the red shoe, Box 2 contains nothing. Box 1 contains "
+  options = ["the red shoe.", "the blue card.", "nothing.", "the red card and the shoe.", ""]
+  groups = [[(prefix + o, len(prefix)) for o in options],
+            [("*MOT: what is that ? " + o, 21) for o in ("*CHI: a gun .", "*CHI: it is a big red ball .")],
+            [(t, 0) for t in ("The dog is big.", "The dog is big!")]]
+  shared = scoring.Scorer.from_model(model, tok, convention=convention, min_shared=4)
+  got = shared.score_groups(groups)
+  assert len(shared._cache) == sum(len(g) for g in groups)
+  plain = scoring.Scorer.from_model(model, tok, convention=convention)
+  plain.prefix_fn = None
+  for g, scores in zip(groups, got):
+    np.testing.assert_allclose(scores, plain.score([t for t, _ in g], [s for _, s in g]), atol=1e-4)
