@@ -95,6 +95,9 @@ def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)       # mkstemp creates 0600; results are meant to be shared
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

@@ -224,7 +224,8 @@ class Scorer:
     """What a result file records about how scores were computed."""
     return {"convention": self.convention, "bow_correction": self.bow_correction,
             "first_token_scored": False, "bos_added": self._adds_bos(),
-            "reduction": "sum", "log_base": "e", "pair_rule": "correct iff right item scores strictly higher"}
+            "reduction": "sum", "log_base": "e", "pair_rule": "correct iff right item scores strictly higher",
+            "span_rule": "from the first token whose character end lies past the span start, to the end"}
 
   def _adds_bos(self) -> bool:
     bos = self.tokenizer.bos_token_id
