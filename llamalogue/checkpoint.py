@@ -26,6 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from llamalogue import model as model_lib
+from llamalogue.paths import atomic_write
 from llamalogue.errors import DataError
 
 MILESTONES, LATEST = "milestones", "latest"
@@ -47,7 +48,7 @@ class RunCheckpoints:
     self.latest = _manager(self.root / LATEST, "step", keep_latest)
 
   def write_run_files(self, model_cfg: model_lib.LlamaConfig, tokenizer_dir: str | os.PathLike | None) -> None:
-    _atomic_write(self.root / "model_config.json", json.dumps(dataclasses.asdict(model_cfg), indent=2))
+    atomic_write(self.root / "model_config.json", json.dumps(dataclasses.asdict(model_cfg), indent=2))
     if tokenizer_dir is not None and not (self.root / "tokenizer").exists():
       tmp = self.root / ".tokenizer.tmp"
       shutil.rmtree(tmp, ignore_errors=True)
@@ -81,12 +82,6 @@ class RunCheckpoints:
   def close(self) -> None:
     self.milestones.close()
     self.latest.close()
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def milestone_dirs(run_dir: str | os.PathLike) -> list[tuple[int, pathlib.Path]]:

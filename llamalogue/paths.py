@@ -1,4 +1,4 @@
-"""Where data lives: `LLAMALOGUE_DATA`, else `../shared/data` beside the repo."""
+"""Where data lives (`LLAMALOGUE_DATA`, else `../shared/data` beside the repo) and atomic writes."""
 
 import os
 import pathlib
@@ -32,3 +32,22 @@ def resolve(path: str, what: str = "path", must_exist: bool = True) -> pathlib.P
       hint = f" (data root {data_root()}; set LLAMALOGUE_DATA to change it)"
     raise DataError(f"{what}: path does not exist: {p}{hint}")
   return p
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+  """Writes `data` to a temporary file beside `path`, then renames it over `path`.
+
+  A reader (or a run killed half-way) sees the old file or the new one, never a mix.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  try:
+    if isinstance(data, bytes):
+      tmp.write_bytes(data)
+    else:
+      tmp.write_text(data)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()

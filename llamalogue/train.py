@@ -25,6 +25,7 @@ from llamalogue import sharding as sharding_lib
 from llamalogue import step as step_lib
 from llamalogue.errors import ConfigError, LlamalogueError
 from llamalogue.metrics import MetricWriter
+from llamalogue.paths import atomic_write
 
 # bf16 dense peak FLOP/s per chip, for MFU. Other chips (CPUs) use a measured matmul ceiling.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
@@ -164,7 +165,7 @@ def run(config, workdir: str) -> dict:
     state, meta = restored
     train_it.restore(meta["data"])
     print(f"resuming from step {meta['step']} ({meta['words']:,} words seen)")
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  atomic_write(workdir / "config.json", config.to_json_best_effort(indent=2))
 
   train_step = step_lib.jit_train_step(step_lib.lm_loss(graphdef), tx, mesh, shardings)
   eval_loss = step_lib.jit_eval_loss(step_lib.lm_loss(graphdef), mesh, shardings["params"])
@@ -240,9 +241,7 @@ def run(config, workdir: str) -> dict:
              "milestones": [m for m in marks if m in done_marks], "params": model_lib.count_params(model_cfg),
              "checkpoints": str(workdir / "checkpoints")}
   if jax.process_index() == 0:
-    tmp = workdir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(workdir / "summary.json")
+    atomic_write(workdir / "summary.json", json.dumps(summary, indent=2))
     print(f"done: {step} steps, {words:,} words seen, eval loss {last_eval}, checkpoints in {workdir / 'checkpoints'}")
   return summary
 
