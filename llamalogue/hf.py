@@ -174,6 +174,11 @@ def load_tokenizer(directory: str | os.PathLike, vocab_size: int | None = None):
   return tok
 
 
+def is_hf_dir(path: pathlib.Path) -> bool:
+  """A HF model directory: config.json beside safetensors (a run directory of ours has neither)."""
+  return (path / "config.json").exists() and (any(path.glob("*.safetensors")) or not (path / "checkpoints").exists())
+
+
 def load(spec: str, dtype: str = "float32"):
   """(model, tokenizer or None) from a HF dir, one of our checkpoints, or `hf:<repo>`."""
   if not spec:
@@ -183,7 +188,7 @@ def load(spec: str, dtype: str = "float32"):
   path = pathlib.Path(spec).expanduser()
   if not path.exists():
     raise DataError(f"config.init_from: path does not exist: {path}")
-  if (path / "config.json").exists():
+  if is_hf_dir(path):
     return load_hf_dir(path, dtype)
   from llamalogue import checkpoint
   return checkpoint.load_model(path, dtype)

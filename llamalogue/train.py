@@ -165,7 +165,7 @@ def run(config, workdir: str) -> dict:
     state, meta = restored
     train_it.restore(meta["data"])
     print(f"resuming from step {meta['step']} ({meta['words']:,} words seen)")
-  atomic_write(workdir / "config.json", config.to_json_best_effort(indent=2))
+  atomic_write(workdir / "run_config.json", config.to_json_best_effort(indent=2))
 
   train_step = step_lib.jit_train_step(step_lib.lm_loss(graphdef), tx, mesh, shardings)
   eval_loss = step_lib.jit_eval_loss(step_lib.lm_loss(graphdef), mesh, shardings["params"])

@@ -91,7 +91,7 @@ def test_tiny_run_outputs(uninterrupted):
   # The exported model loads in transformers with its tokenizer.
   from transformers import AutoModelForCausalLM, AutoTokenizer
   from llamalogue import hf
-  model, tok = ckpt_lib.load_model(wd)
+  model, tok = hf.load(str(wd))  # a run directory is not mistaken for a HF directory
   assert tok is not None
   hf.export(model, wd / "hf", wd / "checkpoints" / "tokenizer")
   AutoModelForCausalLM.from_pretrained(wd / "hf")
