@@ -6,7 +6,6 @@ import math
 import os
 import pathlib
 import re
-import tempfile
 
 from llamalogue import paths
 
@@ -88,20 +87,8 @@ def reference_for(task: str, model: str = "llamalogue") -> tuple[float | None, s
 # ---------------------------------------------------------------------------- writing
 
 def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
-  """Writes via a temporary file in the same directory and os.replace."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)       # mkstemp creates 0600; results are meant to be shared
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  """Temporary file beside `path`, then os.replace (llamalogue.paths.atomic_write)."""
+  paths.atomic_write(path, data)
 
 
 def write_json(path: pathlib.Path, obj) -> None:
