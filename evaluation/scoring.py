@@ -151,11 +151,39 @@ def plan_batches(lengths: Sequence[int], pad_multiple: int, batch_tokens: int,
     same = order[pad_N[order] == pad_len]
     bsz = batch_size_for(int(pad_len), batch_tokens, max_batch)
     for start in range(0, len(same), bsz):
-      plans.append((bsz, int(pad_len), same[start:start + bsz]))
+      rows = same[start:start + bsz]
+      plans.append((min(bsz, tail_batch_size(len(rows))), int(pad_len), rows))
   return plans
 
 
+def tail_batch_size(n: int, smallest: int = 8) -> int:
+  """The batch size for a last, partial batch of `n` rows: the next power of two (at least `smallest`).
+
+  Keeps shapes few (one compile each) while a small remainder is not padded to a full batch.
+  """
+  return max(smallest, 1 << (n - 1).bit_length())
+
+
 # ---------------------------------------------------------------------------- scorer
+
+_COMPILED: dict = {}   # share_key -> jitted functions, reused by every scorer of the same model shape
+
+
+def _compile(apply_fn, prefix_fn, bow_V, jit: bool):
+  """The (full rows, shared prefix) statistics functions, jitted."""
+
+  def stats(params, tokens_BxL):
+    return token_stats(apply_fn(params, tokens_BxL), tokens_BxL, bow_V)
+
+  def group_stats(params, prefix_BxP, prefix_len_B, cont_BxKxC, last_tok_B):
+    last_BxV, cont_BxKxCxV = prefix_fn(params, prefix_BxP, prefix_len_B, cont_BxKxC)
+    b, k, c, v = cont_BxKxCxV.shape
+    logits = jnp.concatenate([jnp.broadcast_to(last_BxV[:, None, None, :], (b, k, 1, v)), cont_BxKxCxV], 2)
+    tokens = jnp.concatenate([jnp.broadcast_to(last_tok_B[:, None, None], (b, k, 1)), cont_BxKxC], 2)
+    return token_stats(logits.reshape(b * k, c + 1, v), tokens.reshape(b * k, c + 1), bow_V)
+
+  return (jax.jit(stats), jax.jit(group_stats)) if jit else (stats, group_stats)
+
 
 @dataclasses.dataclass
 class Scorer:
@@ -178,6 +206,7 @@ class Scorer:
   jit: bool = True
   prefix_fn: Callable | None = None
   min_shared: int = 48
+  share_key: object = None        # equal keys (e.g. the NNX graphdef) share compiled programs
 
   def __post_init__(self):
     if self.convention not in CONVENTIONS:
@@ -192,20 +221,16 @@ class Scorer:
     self.pad_id = self.tokenizer.pad_token_id
     if self.pad_id is None:
       self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-    bow = jnp.asarray(self.bow_V) if self.bow_correction else None
-
-    def stats(params, tokens_BxL):
-      return token_stats(self.apply_fn(params, tokens_BxL), tokens_BxL, bow)
-
-    def group_stats(params, prefix_BxP, prefix_len_B, cont_BxKxC, last_tok_B):
-      last_BxV, cont_BxKxCxV = self.prefix_fn(params, prefix_BxP, prefix_len_B, cont_BxKxC)
-      b, k, c, v = cont_BxKxCxV.shape
-      logits = jnp.concatenate([jnp.broadcast_to(last_BxV[:, None, None, :], (b, k, 1, v)), cont_BxKxCxV], 2)
-      tokens = jnp.concatenate([jnp.broadcast_to(last_tok_B[:, None, None], (b, k, 1)), cont_BxKxC], 2)
-      return token_stats(logits.reshape(b * k, c + 1, v), tokens.reshape(b * k, c + 1), bow)
-
-    self._stats = jax.jit(stats) if self.jit else stats
-    self._group_stats = jax.jit(group_stats) if self.jit else group_stats
+    key = None if self.share_key is None else (
+        self.share_key, self.jit, self.bow_correction and self.bow_V.tobytes(), self.prefix_fn is not None)
+    if key is not None and key in _COMPILED:
+      fns = _COMPILED[key]
+    else:
+      fns = _compile(self.apply_fn, self.prefix_fn, jnp.asarray(self.bow_V) if self.bow_correction else None,
+                     self.jit)
+      if key is not None:
+        _COMPILED[key] = fns
+    self._stats, self._group_stats = fns
     self._cache: dict[tuple[str, int], float] = {}   # (text, span_start) -> score, across tasks
     self.is_bow_V = self.bow_V if self.bow_V is not None else np.zeros(self.vocab_size, bool)
 
@@ -218,7 +243,12 @@ class Scorer:
     vocab = model.cfg.vocab_size if hasattr(model, "cfg") else kwargs.pop("vocab_size")
     if shared_prefix.supported(model):
       kwargs.setdefault("prefix_fn", lambda p, *a: shared_prefix.forward(nnx.merge(graphdef, p), *a))
+    kwargs.setdefault("share_key", graphdef)
     return cls(lambda p, t: nnx.merge(graphdef, p)(t), state, tokenizer, vocab, **kwargs)
+
+  def clear_cache(self) -> None:
+    """Forgets cached scores (compiled programs are kept)."""
+    self._cache.clear()
 
   def describe(self) -> dict:
     """What a result file records about how scores were computed."""
