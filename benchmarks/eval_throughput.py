@@ -1,6 +1,6 @@
 """Items/s of our jitted scorer vs minicons on the same exported model and the same items.
 
-  python benchmarks/eval_throughput.py [--init_from=HF_DIR] [--pairs=256] [--minicons_batch=32]
+  python benchmarks/eval_throughput.py [--init_from=HF_DIR] [--pairs=512] [--minicons_batch=32]
 
 Without --init_from, a random model of the `tiny` preset's shape (hidden 256, 4 layers)
 with a byte-level BPE tokenizer trained on the benchmark texts is exported to a temp
@@ -83,7 +83,7 @@ def time_minicons(model_dir: pathlib.Path, pairs: list[tuple[str, str]], n_dialo
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--init_from", default="", help="a HF model directory (default: a random tiny model)")
-  ap.add_argument("--pairs", type=int, default=256, help="pairs per source (dialogue, BLiMP)")
+  ap.add_argument("--pairs", type=int, default=512, help="pairs per source (dialogue, BLiMP)")
   ap.add_argument("--minicons_batch", type=int, default=32)
   args = ap.parse_args()
   pairs = load_pairs(args.pairs)

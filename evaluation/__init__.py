@@ -1,0 +1,1 @@
+"""Evaluation: span scoring (scoring.py), benchmark loaders (tasks.py), the evaluate mode (run.py)."""

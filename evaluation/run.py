@@ -181,7 +181,7 @@ def load_scorer(init_from: str, config) -> tuple[scoring.Scorer, dict]:
                                      pad_multiple=config.get("pad_multiple", 8),
                                      min_shared=config.get("min_shared_prefix", 48))
   info = {"vocab_size": model.cfg.vocab_size, "layers": model.cfg.num_layers, "hidden": model.cfg.hidden_size,
-          "tokenizer_size": len(tokenizer)}
+          "dtype": model.cfg.dtype, "tokenizer_size": len(tokenizer)}
   return scorer, info
 
 
