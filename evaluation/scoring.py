@@ -15,9 +15,12 @@ adds one) is never scored, as it has no context. Two conventions:
   A tokenizer without a space symbol (minicons `is_bow_tokenizer`) gets no correction.
 * `babylm2025` -- the BabyLM 2025 pipeline: plain sum over the scored span.
 
-Texts are bucketed by length (padded to a multiple of `pad_multiple`) with a
-fixed batch size per bucket, so each bucket compiles once. Right padding is safe
-for a causal model: positions before a pad never see it.
+Texts are bucketed by length (`bucket_len`: multiples of `pad_multiple`, then
+steps of ~1.5x) with a fixed batch size per bucket, so each shape compiles once,
+and same-shape models share the compiled programs. Right padding is safe for a
+causal model: positions before a pad never see it. Candidates sharing a long
+token prefix (entity tracking) run it once (shared_prefix.py); scores are cached
+by (text, span start) across tasks.
 """
 
 import dataclasses
