@@ -131,7 +131,8 @@ def test_milestone_discovery(tmp_path):
 def test_vocabulary_mismatch_is_a_clear_error(exported, tmp_path):
   bad = tmp_path / "bad_hf"
   testing.make_exported(bad, testing.SAMPLE_TEXTS, tokenizer_vocab=350)
-  big = testing.make_tokenizer(tmp_path / "big_tok", testing.SAMPLE_TEXTS * 5, vocab_size=500)
+  varied = testing.SAMPLE_TEXTS + [f"zq{i} xv{i * 7} kw{i * 13}" for i in range(400)]
+  big = testing.make_tokenizer(tmp_path / "big_tok", varied, vocab_size=600)
   assert len(big) > json.loads((bad / "config.json").read_text())["vocab_size"]
   big.save_pretrained(str(bad))
   pairs = tmp_path / "p.jsonl"
