@@ -77,16 +77,21 @@ def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def _accumulate(loss_fn: LossFn, params, batch_AxB):
-  """Sums of loss, count and gradient over the leading micro-batch axis (lax.scan).
+def _mean_grads(loss_fn: LossFn, params, batch_AxB):
+  """(gradient of the mean loss, loss sum, count) over the leading micro-batch axis.
 
   With one micro-batch there is no loop: a gradient carried through a while loop costs
-  XLA:CPU about as much as the backward pass itself on the 135M shape.
+  XLA:CPU about as much as the backward pass itself on the 135M shape. With several,
+  gradients of the summed losses accumulate in a lax.scan and are divided once.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if jax.tree.leaves(batch_AxB)[0].shape[0] == 1:
-    (loss, n), g = grad_fn(params, jax.tree.map(lambda x: x[0], batch_AxB))
-    return g, loss, n
+    def mean_loss(p, b):
+      loss_sum, n = loss_fn(p, b)
+      return loss_sum / jnp.maximum(n, 1.0), (loss_sum, n)
+    (_, (l_sum, n_sum)), g = jax.value_and_grad(mean_loss, has_aux=True)(
+        params, jax.tree.map(lambda x: x[0], batch_AxB))
+    return g, l_sum, n_sum
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def body(carry, micro):
     g_sum, l_sum, n_sum = carry
@@ -95,27 +100,26 @@ def _accumulate(loss_fn: LossFn, params, batch_AxB):
 
   zeros = jax.tree.map(jnp.zeros_like, params)
   (g_sum, l_sum, n_sum), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), batch_AxB)
-  return g_sum, l_sum, n_sum
+  return jax.tree.map(lambda g: g / jnp.maximum(n_sum, 1.0), g_sum), l_sum, n_sum
 
 
 def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, batch_AxB: dict):
   """One optimizer step over `A` accumulated micro-batches (every batch leaf is `[A, b, ...]`).
 
-  A non-finite loss or gradient leaves the state unchanged and reports `finite=0`,
-  so a checkpoint never holds NaNs; the loop stops on it.
+  A non-finite loss or gradient skips the update (lax.cond: the state is returned as
+  it was) and reports `finite=0`, so a checkpoint never holds NaNs; the loop stops on it.
   """
-  params = state["params"]
-  g_sum, l_sum, n_sum = _accumulate(loss_fn, params, batch_AxB)
-  n = jnp.maximum(n_sum, 1.0)
-  grads = jax.tree.map(lambda g: g / n, g_sum)
-  loss = l_sum / n
+  grads, l_sum, n_sum = _mean_grads(loss_fn, state["params"], batch_AxB)
+  loss = l_sum / jnp.maximum(n_sum, 1.0)
   grad_norm = _global_norm(grads)
-  updates, opt_state = tx.update(grads, state["opt_state"], params)
-  new_params = optax.apply_updates(params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-  new_state = {"params": keep(new_params, params), "opt_state": keep(opt_state, state["opt_state"]),
-               "step": state["step"] + finite.astype(jnp.int32)}
+
+  def update(state):
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
+            "step": state["step"] + 1}
+
+  new_state = jax.lax.cond(finite, update, lambda state: state, state)
   metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": n_sum, "finite": finite}
   return new_state, metrics
 
