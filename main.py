@@ -24,8 +24,6 @@ MODES = {
     "pretrain": "llamalogue.train:run",
     "export": "llamalogue.hf:run_export",
     "evaluate": "evaluation.run:run",
-    "dpo": "rl.dpo:run",
-    "ppo": "rl.ppo:run",
 }
 
 
