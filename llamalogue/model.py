@@ -222,7 +222,7 @@ def token_logprobs(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array
   return picked_BxL - logz_BxL
 
 
-def next_token_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict) -> tuple[jax.Array, jax.Array]:
+def next_token_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> tuple[jax.Array, jax.Array]:
   """Summed masked next-token cross-entropy and the token count: a pure function of (params, batch).
 
   `batch` holds `inputs` and `targets` (int32 `[B, L]`) and `loss_mask` (float `[B, L]`).
