@@ -26,12 +26,7 @@ import numpy as np
 
 from llamalogue import model as M
 from llamalogue import sharding, step
-from llamalogue.train import PEAK_FLOPS, measured_matmul_flops
-
-
-def table_peak() -> float | None:
-  kind = jax.devices()[0].device_kind.lower()
-  return next((f for name, f in PEAK_FLOPS.items() if name.lower() in kind), None)
+from llamalogue.train import measured_matmul_flops, table_peak_flops
 
 SHAPES = {
     "tiny": (dataclasses.replace(M.PRESETS["tiny"], vocab_size=8192), 16, 128),
@@ -122,7 +117,7 @@ def main():
     line = (f"[{name}] params {M.count_params(cfg) / 1e6:.1f}M batch {batch}x{seq} {args.dtype}: ours "
             f"{ours_tps:,.0f} tok/s = {ours_tps * fpt / 1e9:,.1f} GFLOP/s "
             f"({100 * ours_tps * fpt / ceiling:.0f}% of the measured ceiling)")
-    peak = table_peak()
+    peak = table_peak_flops()
     if peak:
       line += f", MFU {100 * ours_tps * fpt / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s"
       for words, tok_per_word in [(100e6, 1.6)]:

@@ -123,7 +123,7 @@ def load_model(path: str | os.PathLike, dtype: str = "float32"):
   root = _run_root(ckpt)
   cfg_dict = json.loads((root / "model_config.json").read_text())
   cfg = dataclasses.replace(model_lib.LlamaConfig(**cfg_dict), dtype=dtype).validate()
-  graphdef, abstract = hf.abstract_model(cfg)
+  graphdef, abstract = model_lib.abstract_model(cfg)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), model_lib.pure_dict(abstract))
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())

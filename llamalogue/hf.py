@@ -88,18 +88,13 @@ def _hf_name(path: tuple) -> tuple[str, bool]:
   raise ValueError(f"unmapped parameter {path}")
 
 
-def abstract_model(cfg: model_lib.LlamaConfig):
-  """(graphdef, abstract state) without allocating parameters."""
-  return nnx.split(nnx.eval_shape(lambda: model_lib.Llama(cfg, rngs=nnx.Rngs(0))))
-
-
 def _key(path) -> tuple:
   return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
 
 
 def from_tensors(cfg: model_lib.LlamaConfig, tensors: dict[str, np.ndarray], source: str) -> model_lib.Llama:
   """Builds our model from HF-named tensors (any float dtype; stored as float32)."""
-  graphdef, state = abstract_model(cfg)
+  graphdef, state = model_lib.abstract_model(cfg)
 
   def take(path, abstract):
     name, transpose = _hf_name(_key(path))

@@ -210,6 +210,11 @@ class Llama(nnx.Module):
     return logits_BxLxV.astype(jnp.float32)
 
 
+def abstract_model(cfg: LlamaConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, abstract state) of a Llama without allocating parameters."""
+  return nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))))
+
+
 def pure_dict(state) -> dict:
   """An NNX State as a plain nested dict of arrays (the form params take in steps and checkpoints)."""
   return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()

@@ -23,22 +23,15 @@ from llamalogue import sharding as sharding_lib
 LossFn = Callable[[Any, dict], tuple[jax.Array, jax.Array]]
 
 
-def init_params(model_cfg, seed: int) -> tuple[nnx.GraphDef, dict]:
-  """(graphdef, float32 params as a pure dict) of a freshly initialised Llama."""
-  from llamalogue.model import Llama
-  graphdef, state = nnx.split(Llama(model_cfg, rngs=nnx.Rngs(params=seed)))
-  return graphdef, model_lib.pure_dict(state)
-
-
-def init_graphdef(model_cfg) -> nnx.GraphDef:
-  """The graphdef of a Llama, without allocating parameters."""
-  from llamalogue.model import Llama
-  return nnx.split(nnx.eval_shape(lambda: Llama(model_cfg, rngs=nnx.Rngs(0))))[0]
-
-
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
+  """(graphdef, params as a pure dict) of an NNX model."""
   graphdef, state = nnx.split(model)
   return graphdef, model_lib.pure_dict(state)
+
+
+def init_params(model_cfg, seed: int) -> tuple[nnx.GraphDef, dict]:
+  """(graphdef, float32 params as a pure dict) of a freshly initialised Llama."""
+  return split_model(model_lib.Llama(model_cfg, rngs=nnx.Rngs(params=seed)))
 
 
 def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

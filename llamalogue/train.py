@@ -57,15 +57,15 @@ def measured_matmul_flops(n: int = 1024, dtype=jnp.float32, reps: int = 5) -> fl
   return 2 * n ** 3 / best
 
 
+def table_peak_flops() -> float | None:
+  """The bf16 peak of the current chip from PEAK_FLOPS, None when it is not listed (CPUs)."""
+  kind = jax.devices()[0].device_kind.lower()
+  return next((flops for name, flops in PEAK_FLOPS.items() if name.lower() in kind), None)
+
+
 def peak_flops(override: float = 0.0) -> float:
   """Peak FLOP/s per chip: the override, the bf16 table for known accelerators, else a measured matmul."""
-  if override:
-    return override
-  kind = jax.devices()[0].device_kind
-  for name, flops in PEAK_FLOPS.items():
-    if name.lower() in kind.lower():
-      return flops
-  return measured_matmul_flops()
+  return override or table_peak_flops() or measured_matmul_flops()
 
 
 class _Batches:
@@ -154,12 +154,12 @@ def run(config, workdir: str) -> dict:
   ckpts = ckpt_lib.RunCheckpoints(workdir, keep_latest=t.keep_latest)
   ckpts.write_run_files(model_cfg, data_dir)
   restored = ckpts.restore_latest(target)
-  graphdef = step_lib.init_graphdef(model_cfg)
-  if restored is None and init_params is not None:
-    state = sharding_lib.shard(step_lib.init_state(init_params, tx), shardings)
-    meta = {"step": 0, "words": 0, "milestones_done": [], "seed": config.seed}
-  elif restored is None:
-    state = jax.jit(lambda: step_lib.init_state(params_fn(), tx), out_shardings=shardings)()
+  graphdef = model_lib.abstract_model(model_cfg)[0]
+  if restored is None:
+    if init_params is not None:
+      state = sharding_lib.shard(step_lib.init_state(init_params, tx), shardings)
+    else:
+      state = jax.jit(lambda: step_lib.init_state(params_fn(), tx), out_shardings=shardings)()
     meta = {"step": 0, "words": 0, "milestones_done": [], "seed": config.seed}
   else:
     state, meta = restored
