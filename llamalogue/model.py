@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llamalogue import ops
 from llamalogue.errors import ConfigError
 
 
@@ -150,9 +151,7 @@ class Attention(nnx.Module):
     q_BxLxHxK = self.q_proj(x_BxLxD).reshape(b, l, self.num_heads, self.head_dim)
     k_BxLxGxK = self.k_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
     v_BxLxGxK = self.v_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
-    q_BxLxHxK = apply_rope(q_BxLxHxK, cos_BxLxK, sin_BxLxK)
-    k_BxLxGxK = apply_rope(k_BxLxGxK, cos_BxLxK, sin_BxLxK)
-    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, is_causal=True)
+    out_BxLxHxK = ops.rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
     return self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
 
 
@@ -195,6 +194,18 @@ class Llama(nnx.Module):
       self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, cfg.initializer_range, dtype, rngs=rngs)
 
   def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None) -> jax.Array:
+    x_BxLxD = self.hidden(tokens_BxL, positions_BxL)
+    return jnp.einsum("bld,dv->blv", x_BxLxD, self.head_kernel(), preferred_element_type=jnp.float32)
+
+  def head_kernel(self) -> jax.Array:
+    """The output projection `[D, V]` in the compute dtype (the embedding, transposed, when tied)."""
+    dtype = jnp.dtype(self.cfg.dtype)
+    if self.cfg.tie_embeddings:
+      return self.embed_tokens[...].astype(dtype).T
+    return self.lm_head.kernel[...].astype(dtype)
+
+  def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None) -> jax.Array:
+    """The final normalised hidden states `[B, L, D]` (the output head's input)."""
     dtype = jnp.dtype(self.cfg.dtype)
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
@@ -202,12 +213,7 @@ class Llama(nnx.Module):
     x_BxLxD = jnp.take(self.embed_tokens[...], tokens_BxL, axis=0).astype(dtype)
     for layer in self.layers:
       x_BxLxD = layer(x_BxLxD, cos, sin)
-    x_BxLxD = self.norm(x_BxLxD)
-    if self.cfg.tie_embeddings:
-      logits_BxLxV = x_BxLxD @ self.embed_tokens[...].astype(dtype).T
-    else:
-      logits_BxLxV = self.lm_head(x_BxLxD)
-    return logits_BxLxV.astype(jnp.float32)
+    return self.norm(x_BxLxD)
 
 
 def abstract_model(cfg: LlamaConfig) -> tuple[nnx.GraphDef, nnx.State]:
@@ -235,7 +241,6 @@ def next_token_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> tuple[
   gradient accumulation over micro-batches is exact).
   """
   model = nnx.merge(graphdef, params)
-  logits_BxLxV = model(batch["inputs"])
-  nll_BxL = -token_logprobs(logits_BxLxV, batch["targets"])
   mask_BxL = batch["loss_mask"].astype(jnp.float32)
-  return jnp.sum(nll_BxL * mask_BxL), jnp.sum(mask_BxL)
+  loss_sum = ops.linear_cross_entropy(model.hidden(batch["inputs"]), model.head_kernel(), batch["targets"], mask_BxL)
+  return loss_sum, jnp.sum(mask_BxL)

@@ -1,0 +1,181 @@
+"""Two fused operations with hand-written backward passes, for speed on CPU (and memory everywhere).
+
+- `rope_attention(q, k, v, cos, sin)`: rotary embedding + causal grouped-query attention.
+  Heads are moved once to a head-major layout in which rotary, scores, softmax and the
+  weighted sum are all contiguous, and the backward pass (softmax gradient, inverse
+  rotation) is written out, so XLA never fuses an elementwise op into a strided transpose.
+- `linear_cross_entropy(h, w, targets, mask)`: output projection + masked next-token
+  cross-entropy, summed. Tokens are processed in chunks; the gradient with respect to
+  `h` and `w` is computed in the same pass as the loss, so the `[tokens, vocab]` logits
+  are never held in memory whole and are never recomputed.
+
+Both equal the plain formulation (model.py's reference path) to float32 rounding; the
+tests check values and gradients against it.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- attention
+
+def _rotate_half(x):
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def _rotate_half_t(x):
+  """The transpose of `_rotate_half` (a rotation by -90° in each pair)."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([x2, -x1], axis=-1)
+
+
+def _heads_major(x_BxLxNxK, groups: int):
+  """[B, L, G*R, K] -> [B, G, R, L, K] (query head h belongs to key/value group h // R)."""
+  b, l, n, k = x_BxLxNxK.shape
+  return x_BxLxNxK.reshape(b, l, groups, n // groups, k).transpose(0, 2, 3, 1, 4)
+
+
+def _heads_minor(x_BxGxRxLxK):
+  b, g, r, l, k = x_BxGxRxLxK.shape
+  return x_BxGxRxLxK.transpose(0, 3, 1, 2, 4).reshape(b, l, g * r, k)
+
+
+def _attention_fwd_core(q, k, v, cos, sin):
+  groups = k.shape[2]
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  cos_t, sin_t = cos[:, None, None], sin[:, None, None]            # [B, 1, 1, L, K]
+  q_t = _heads_major(q, groups).astype(jnp.float32)                 # [B, G, R, L, K]
+  k_t = _heads_major(k, groups)[:, :, 0].astype(jnp.float32)        # [B, G, L, K]
+  v_t = _heads_major(v, groups)[:, :, 0]
+  q_t = q_t * cos_t + _rotate_half(q_t) * sin_t
+  k_t = k_t * cos_t[:, :, 0] + _rotate_half(k_t) * sin_t[:, :, 0]
+  q_t, k_t = q_t.astype(q.dtype), k_t.astype(k.dtype)
+  b, g, r, l, d = q_t.shape
+  q_t, k_t, v_t = q_t.reshape(b * g, r * l, d), k_t.reshape(b * g, l, d), v_t.reshape(b * g, l, d)
+  s = jnp.einsum("nmd,nld->nml", q_t, k_t, preferred_element_type=jnp.float32) * scale
+  causal = (jnp.arange(r * l) % l)[:, None] >= jnp.arange(l)[None, :]
+  s = jnp.where(causal, s, -jnp.inf)
+  e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+  p = (e / jnp.sum(e, axis=-1, keepdims=True)).astype(v.dtype)
+  o = jnp.einsum("nml,nld->nmd", p, v_t, preferred_element_type=jnp.float32).astype(q.dtype)
+  return _heads_minor(o.reshape(b, g, r, l, d)), (q_t, k_t, v_t, p)
+
+
+@jax.custom_vjp
+def rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK):
+  """Causal attention of rotary-embedded queries and keys: `[B, L, H, K]` out.
+
+  `q` has H heads, `k`/`v` have G (H % G == 0: query head h attends with group h // (H/G),
+  as in Hugging Face's repeat_kv). `cos`/`sin` are the rotate-half tables `[B, L, K]`
+  (no gradient flows to them).
+  """
+  return _attention_fwd_core(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)[0]
+
+
+def _attention_fwd(q, k, v, cos, sin):
+  out, res = _attention_fwd_core(q, k, v, cos, sin)
+  return out, res + (cos, sin)
+
+
+def _attention_bwd(res, do_BxLxHxK):
+  q_t, k_t, v_t, p, cos, sin = res
+  b, l, h, d = do_BxLxHxK.shape
+  groups = q_t.shape[0] // b
+  r = h // groups
+  scale = 1.0 / math.sqrt(d)
+  f32 = jnp.float32
+  do = _heads_major(do_BxLxHxK, groups).reshape(b * groups, r * l, d)
+  dv = jnp.einsum("nml,nmd->nld", p, do, preferred_element_type=f32)
+  dp = jnp.einsum("nmd,nld->nml", do, v_t, preferred_element_type=f32)
+  pf = p.astype(f32)
+  ds = (pf * (dp - jnp.sum(dp * pf, axis=-1, keepdims=True)) * scale).astype(q_t.dtype)
+  dq = jnp.einsum("nml,nld->nmd", ds, k_t, preferred_element_type=f32).reshape(b, groups, r, l, d)
+  dk = jnp.einsum("nml,nmd->nld", ds, q_t, preferred_element_type=f32).reshape(b, groups, l, d)
+  dv = dv.reshape(b, groups, l, d)
+  cos_t, sin_t = cos[:, None, None], sin[:, None, None]
+  dq = dq * cos_t + _rotate_half_t(dq * sin_t)                      # the rotation's transpose
+  dk = dk * cos_t[:, :, 0] + _rotate_half_t(dk * sin_t[:, :, 0])
+  dt = do_BxLxHxK.dtype
+  return (_heads_minor(dq.astype(dt)), _heads_minor(dk[:, :, None].astype(dt)),
+          _heads_minor(dv[:, :, None].astype(dt)), jnp.zeros_like(cos), jnp.zeros_like(sin))
+
+
+rope_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ------------------------------------------------------------------- output head + loss
+
+def _divisor_at_most(n: int, k: int) -> int:
+  """The largest divisor of n that is <= k (and >= 1)."""
+  k = max(1, min(k, n))
+  while n % k:
+    k -= 1
+  return k
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _linear_ce(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len):
+  return _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads=False)[0]
+
+
+def _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads):
+  """Loop over chunks of `chunk_len` positions (all batch rows at once, so a batch-sharded
+  input stays sharded): loss sum and, with_grads, d loss/d h and d loss/d w."""
+  b, l, d = h_BxLxD.shape
+  n = l // chunk_len
+  split = lambda x: jnp.swapaxes(x.reshape((b, n, chunk_len) + x.shape[2:]), 0, 1)
+  xs = (split(h_BxLxD), split(targets_BxL), split(mask_BxL.astype(jnp.float32)))
+
+  def body(dw, x):
+    h_BxCxD, tgt_BxC, m_BxC = x
+    logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV, preferred_element_type=jnp.float32)
+    mx = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - mx)
+    z = jnp.sum(e, axis=-1, keepdims=True)
+    picked = jnp.take_along_axis(logits, tgt_BxC[..., None], axis=-1)[..., 0]
+    loss = jnp.sum((jnp.log(z[..., 0]) + mx[..., 0] - picked) * m_BxC)
+    if not with_grads:
+      return dw, (loss, None)
+    onehot = jnp.arange(logits.shape[-1]) == tgt_BxC[..., None]
+    g = ((e / z - onehot) * m_BxC[..., None]).astype(h_BxCxD.dtype)   # d loss / d logits
+    dh = jnp.einsum("bcv,dv->bcd", g, w_DxV, preferred_element_type=jnp.float32).astype(h_BxCxD.dtype)
+    return dw + jnp.einsum("bcd,bcv->dv", h_BxCxD, g, preferred_element_type=jnp.float32), (loss, dh)
+
+  dw0 = jnp.zeros(w_DxV.shape, jnp.float32) if with_grads else None
+  if n == 1:
+    dw, (loss, dh) = body(dw0, jax.tree.map(lambda a: a[0], xs))
+    loss, dh = loss[None], None if dh is None else dh[None]
+  else:
+    dw, (loss, dh) = jax.lax.scan(body, dw0, xs)
+  dh = None if dh is None else jnp.swapaxes(dh, 0, 1).reshape(b, l, d)
+  return jnp.sum(loss), dh, dw
+
+
+def _linear_ce_fwd(h, w, targets, mask, chunk_len):
+  loss, dh, dw = _ce_scan(h, w, targets, mask, chunk_len, with_grads=True)
+  return loss, (dh, dw.astype(w.dtype), targets, mask)
+
+
+def _linear_ce_bwd(chunk_len, res, g):
+  dh, dw, targets, mask = res
+  return ((g * dh).astype(dh.dtype), (g * dw).astype(dw.dtype),
+          np.zeros(targets.shape, jax.dtypes.float0), jnp.zeros_like(mask))
+
+
+_linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
+
+
+def linear_cross_entropy(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_tokens: int = 256):
+  """sum over positions of mask * -log softmax(h @ w)[target], in float32.
+
+  About `chunk_tokens` tokens (all batch rows × a run of positions) are projected at a
+  time. No gradient flows to `targets` or `mask`.
+  """
+  b, l, _ = h_BxLxD.shape
+  chunk_len = _divisor_at_most(l, max(1, chunk_tokens // b))
+  return _linear_ce(h_BxLxD, w_DxV, targets_BxL, mask_BxL.astype(jnp.float32), chunk_len)
