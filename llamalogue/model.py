@@ -118,7 +118,11 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+    # A 2-D matmul: autodiff of `[B, L, D] @ [D, F]` contracts the kernel gradient over
+    # two axes, which XLA:CPU lowers with extra transposes (a 15-30% slower train step).
+    x_TxD = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+    y_TxF = x_TxD @ self.kernel[...].astype(self.dtype)
+    return y_TxF.reshape(x.shape[:-1] + y_TxF.shape[-1:])
 
 
 def rope_cos_sin(positions_BxL: jax.Array, dim: int, theta: float):

@@ -133,7 +133,9 @@ def _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads):
 
   def body(dw, x):
     h_BxCxD, tgt_BxC, m_BxC = x
-    logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV, preferred_element_type=jnp.float32)
+    bc = h_BxCxD.shape[:2]
+    h_TxD = h_BxCxD.reshape(-1, h_BxCxD.shape[-1])                     # 2-D matmuls: see model.Linear
+    logits = jnp.dot(h_TxD, w_DxV, preferred_element_type=jnp.float32).reshape(bc + w_DxV.shape[-1:])
     mx = jnp.max(logits, axis=-1, keepdims=True)
     e = jnp.exp(logits - mx)
     z = jnp.sum(e, axis=-1, keepdims=True)
@@ -142,9 +144,9 @@ def _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads):
     if not with_grads:
       return dw, (loss, None)
     onehot = jnp.arange(logits.shape[-1]) == tgt_BxC[..., None]
-    g = ((e / z - onehot) * m_BxC[..., None]).astype(h_BxCxD.dtype)   # d loss / d logits
-    dh = jnp.einsum("bcv,dv->bcd", g, w_DxV, preferred_element_type=jnp.float32).astype(h_BxCxD.dtype)
-    return dw + jnp.einsum("bcd,bcv->dv", h_BxCxD, g, preferred_element_type=jnp.float32), (loss, dh)
+    g_TxV = ((e / z - onehot) * m_BxC[..., None]).astype(h_BxCxD.dtype).reshape(-1, w_DxV.shape[-1])
+    dh = jnp.dot(g_TxV, w_DxV.T, preferred_element_type=jnp.float32).astype(h_BxCxD.dtype).reshape(h_BxCxD.shape)
+    return dw + jnp.dot(h_TxD.T, g_TxV, preferred_element_type=jnp.float32), (loss, dh)
 
   dw0 = jnp.zeros(w_DxV.shape, jnp.float32) if with_grads else None
   if n == 1:
