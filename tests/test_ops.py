@@ -1,0 +1,114 @@
+"""The fused ops equal the plain formulation: values and gradients, MHA/GQA/MQA, masks, chunking."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llamalogue import model as M
+from llamalogue import ops, step
+
+
+def _reference_attention(q, k, v, cos, sin):
+  return jax.nn.dot_product_attention(M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin), v, is_causal=True)
+
+
+@pytest.mark.parametrize("heads,groups", [(4, 4), (6, 2), (5, 1)])
+def test_rope_attention_matches_reference(heads, groups):
+  b, l, d = 3, 12, 8
+  ks = jax.random.split(jax.random.key(heads), 5)
+  q = jax.random.normal(ks[0], (b, l, heads, d))
+  k = jax.random.normal(ks[1], (b, l, groups, d))
+  v = jax.random.normal(ks[2], (b, l, groups, d))
+  r = jax.random.normal(ks[3], (b, l, heads, d))
+  positions = jnp.arange(l)[None] + jnp.array([[0], [5], [17]])      # rows start at different offsets
+  cos, sin = M.rope_cos_sin(positions, d, 10_000.0)
+  with jax.default_matmul_precision("highest"):
+    ref = jax.value_and_grad(lambda *a: jnp.sum(_reference_attention(*a, cos, sin) * r), (0, 1, 2))(q, k, v)
+    new = jax.value_and_grad(lambda *a: jnp.sum(ops.rope_attention(*a, cos, sin) * r), (0, 1, 2))(q, k, v)
+    out_ref = _reference_attention(q, k, v, cos, sin)
+    out_new = jax.jit(ops.rope_attention)(q, k, v, cos, sin)
+  np.testing.assert_allclose(out_new, out_ref, atol=2e-6)
+  np.testing.assert_allclose(new[0], ref[0], rtol=1e-5)
+  for g_new, g_ref in zip(new[1], ref[1]):
+    np.testing.assert_allclose(g_new, g_ref, atol=1e-5)
+
+
+def test_rope_attention_is_causal():
+  b, l, h, d = 1, 6, 2, 4
+  q, k, v = (jax.random.normal(jax.random.key(i), (b, l, h, d)) for i in range(3))
+  cos, sin = M.rope_cos_sin(jnp.arange(l)[None], d, 10_000.0)
+  out = ops.rope_attention(q, k, v, cos, sin)
+  k2, v2 = k.at[:, 4:].set(7.0), v.at[:, 4:].set(-3.0)                 # change only the future of position 3
+  out2 = ops.rope_attention(q, k2, v2, cos, sin)
+  np.testing.assert_array_equal(out[:, :4], out2[:, :4])
+  assert not np.allclose(out[:, 4:], out2[:, 4:])
+
+
+def test_rope_attention_bfloat16_close_to_float32():
+  b, l, h, d = 2, 16, 4, 16
+  q, k, v = (jax.random.normal(jax.random.key(i), (b, l, h, d)) for i in range(3))
+  cos, sin = M.rope_cos_sin(jnp.arange(l)[None].repeat(b, 0), d, 10_000.0)
+  out32 = ops.rope_attention(q, k, v, cos, sin)
+  out16 = ops.rope_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), cos, sin)
+  assert out16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out16.astype(jnp.float32), out32, atol=0.05)
+
+
+def _reference_ce(h, w, targets, mask):
+  return jnp.sum(-M.token_logprobs(jnp.einsum("bld,dv->blv", h, w), targets) * mask)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 24, 10_000])
+def test_linear_cross_entropy_matches_reference(chunk_tokens):
+  b, l, d, v = 3, 10, 8, 37
+  ks = jax.random.split(jax.random.key(chunk_tokens), 4)
+  h = jax.random.normal(ks[0], (b, l, d))
+  w = jax.random.normal(ks[1], (d, v))
+  targets = jax.random.randint(ks[2], (b, l), 0, v)
+  mask = (jax.random.uniform(ks[3], (b, l)) > 0.3).astype(jnp.float32)
+  with jax.default_matmul_precision("highest"):
+    ref = jax.value_and_grad(_reference_ce, (0, 1))(h, w, targets, mask)
+    fused = lambda h, w: ops.linear_cross_entropy(h, w, targets, mask, chunk_tokens=chunk_tokens)
+    new = jax.value_and_grad(fused, (0, 1))(h, w)
+    primal = jax.jit(fused)(h, w)                                    # the no-gradient path
+  np.testing.assert_allclose(new[0], ref[0], rtol=1e-6)
+  np.testing.assert_allclose(primal, ref[0], rtol=1e-6)
+  for g_new, g_ref in zip(new[1], ref[1]):
+    np.testing.assert_allclose(g_new, g_ref, atol=2e-6)
+  masked = np.asarray(mask) == 0
+  assert np.all(np.asarray(new[1][0])[masked] == 0)                   # masked positions get no gradient
+
+
+def test_linear_cross_entropy_gradient_scales_with_cotangent():
+  h, w = jax.random.normal(jax.random.key(0), (2, 4, 3)), jax.random.normal(jax.random.key(1), (3, 5))
+  t, m = jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4))
+  g1 = jax.grad(lambda h: ops.linear_cross_entropy(h, w, t, m))(h)
+  g3 = jax.grad(lambda h: -3.0 * ops.linear_cross_entropy(h, w, t, m))(h)
+  np.testing.assert_allclose(g3, -3.0 * g1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_model_loss_equals_logits_loss(tie):
+  """next_token_loss (fused head) = the loss computed from the model's logits, values and gradients."""
+  cfg = dataclasses.replace(M.PRESETS["tiny"], vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                            num_kv_heads=2, intermediate_size=48, tie_embeddings=tie)
+  graphdef, params = step.init_params(cfg, 0)
+  toks = np.random.RandomState(0).randint(0, 64, (2, 17)).astype(np.int32)
+  mask = np.ones((2, 16), np.float32)
+  mask[1, 10:] = 0
+  batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "loss_mask": mask}
+
+  def from_logits(p):
+    logits = nnx.merge(graphdef, p)(batch["inputs"])
+    return jnp.sum(-M.token_logprobs(logits, batch["targets"]) * mask)
+
+  with jax.default_matmul_precision("highest"):
+    ref_v, ref_g = jax.value_and_grad(from_logits)(params)
+    new_v, new_g = jax.value_and_grad(lambda p: M.next_token_loss(p, graphdef, batch)[0])(params)
+  np.testing.assert_allclose(new_v, ref_v, rtol=1e-6)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(new_g), jax.tree.leaves(ref_g)):
+    np.testing.assert_allclose(a, b, atol=2e-6, err_msg=jax.tree_util.keystr(path))
