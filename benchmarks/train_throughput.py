@@ -4,7 +4,7 @@ Same shape, batch and sequence length, fp32, on this machine, in one run. Also r
 our achieved FLOP/s (6N + 12·L·H·Q·T per token) against a measured fp32 matmul ceiling.
 
   python benchmarks/train_throughput.py                 # tiny and 135M shapes (CPU: ~10 min)
-  python benchmarks/train_throughput.py --shape=tiny
+  python benchmarks/train_throughput.py --shape=tiny --floor   # + the sum of the step's matmuls, timed alone
   python benchmarks/train_throughput.py --shape=135m --dtype=bfloat16 --batch=32 --seq=512 --no-baseline  # GPU
 
 Last line: ratio=<ours/baseline> ours=<tokens/s> baseline=<tokens/s> unit=tokens/s
@@ -63,6 +63,46 @@ def ours(cfg, batch, seq, steps, warmup):
   return batch * seq / float(np.median(times))
 
 
+def _median_seconds(fn, *args, reps=7):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def matmul_floor(cfg, batch, seq):
+  """Seconds of one train step's matmuls, each timed alone with XLA (forward, input and kernel gradients).
+
+  Covers every projection, the output head and the attention products; leaves out all
+  elementwise work, reductions and the optimizer. A step cannot beat this sum unless
+  XLA runs its matmuls faster in the step than alone.
+  """
+  t, d, dt = batch * seq, cfg.hidden_size, jnp.dtype(cfg.dtype)
+  h, g, k = cfg.num_heads * cfg.dim_per_head, cfg.num_kv_heads * cfg.dim_per_head, cfg.dim_per_head
+  linears = ([(d, h), (d, g), (d, g), (h, d), (d, cfg.intermediate_size), (d, cfg.intermediate_size),
+              (cfg.intermediate_size, d)] * cfg.num_layers + [(d, cfg.vocab_size)])
+  fwd = jax.jit(lambda x, w: x @ w)
+  dx = jax.jit(lambda dy, w: dy @ w.T)
+  dw = jax.jit(lambda x, dy: jax.lax.dot_general(x, dy, (((0,), (0,)), ((), ()))))
+  cache, total = {}, 0.0
+  for d_in, d_out in linears:
+    if (d_in, d_out) not in cache:
+      x, w, dy = jnp.ones((t, d_in), dt), jnp.ones((d_in, d_out), dt), jnp.ones((t, d_out), dt)
+      cache[d_in, d_out] = _median_seconds(fwd, x, w) + _median_seconds(dx, dy, w) + _median_seconds(dw, x, dy)
+    total += cache[d_in, d_out]
+  # attention, heads grouped as in ops.rope_attention: [B*G, R*L, K] x [B*G, L, K]
+  n, m = batch * cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads * seq
+  q, kv, p = jnp.ones((n, m, k), dt), jnp.ones((n, seq, k), dt), jnp.ones((n, m, seq), dt)
+  scores = jax.jit(lambda q, kv: jnp.einsum("nmd,nld->nml", q, kv))
+  mix = jax.jit(lambda p, kv: jnp.einsum("nml,nld->nmd", p, kv))
+  back = jax.jit(lambda p, q: jnp.einsum("nml,nmd->nld", p, q))
+  per_layer = 2 * _median_seconds(scores, q, kv) + 2 * _median_seconds(mix, p, kv) + 2 * _median_seconds(back, p, q)
+  return total + cfg.num_layers * per_layer
+
+
 def torch_baseline(cfg, batch, seq, steps, warmup):
   import torch
   from transformers import LlamaConfig, LlamaForCausalLM
@@ -100,6 +140,7 @@ def main():
   p.add_argument("--batch", type=int, default=0)
   p.add_argument("--seq", type=int, default=0)
   p.add_argument("--no-baseline", action="store_true", help="skip PyTorch (e.g. on a GPU: report MFU only)")
+  p.add_argument("--floor", action="store_true", help="also time the step's matmuls one by one (their sum bounds the step)")
   args = p.parse_args()
   shapes = ["tiny", "135m"] if args.shape == "both" else [args.shape]
   accel = jax.default_backend() != "cpu"
@@ -130,6 +171,13 @@ def main():
       results.append((ours_tps / base_tps, ours_tps, base_tps))
     else:
       results.append((float("nan"), ours_tps, float("nan")))
+    if args.floor:
+      floor = matmul_floor(cfg, batch, seq)
+      step_s = batch * seq / ours_tps
+      line += (f"\n  [{name}] matmul floor (each matmul of the step timed alone, summed): {floor * 1e3:,.0f} ms = "
+               f"{batch * seq / floor:,.0f} tok/s at most; our step {step_s * 1e3:,.0f} ms = {step_s / floor:.2f}x the floor")
+      if not args.no_baseline:
+        line += f"; PyTorch step {batch * seq / base_tps * 1e3:,.0f} ms"
     print(line, flush=True)
   ratio, o, b = min(results, key=lambda r: r[0] if r[0] == r[0] else float("inf"))
   print(f"ratio={ratio:.3f} ours={o:.1f} baseline={b:.1f} unit=tokens/s")
