@@ -70,6 +70,8 @@ def _config_arg(argv) -> str | None:
 
 def run():
   """Parses flags, turning every config problem (missing file, unknown key, wrong type) into one line."""
+  from llamalogue import runtime
+  runtime.keep_freed_memory()  # before jax runs anything: see llamalogue/runtime.py
   config_arg = _config_arg(sys.argv)
   if config_arg is not None:
     path = config_arg.split(":")[0]

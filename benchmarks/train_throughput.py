@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from llamalogue import model as M
-from llamalogue import sharding, step
+from llamalogue import runtime, sharding, step
 from llamalogue.train import measured_matmul_flops, table_peak_flops
 
 SHAPES = {
@@ -142,11 +142,14 @@ def main():
   p.add_argument("--no-baseline", action="store_true", help="skip PyTorch (e.g. on a GPU: report MFU only)")
   p.add_argument("--floor", action="store_true", help="also time the step's matmuls one by one (their sum bounds the step)")
   args = p.parse_args()
+  # The process-level malloc setting main.py applies (llamalogue/runtime.py); PyTorch runs in
+  # this same process, so it gets it too. LLAMALOGUE_MALLOC=system measures without it.
+  tuned = runtime.keep_freed_memory()
   shapes = ["tiny", "135m"] if args.shape == "both" else [args.shape]
   accel = jax.default_backend() != "cpu"
   ceiling = measured_matmul_flops(8192 if accel else 2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  measured {args.dtype} matmul ceiling "
-        f"{ceiling / 1e9:,.0f} GFLOP/s")
+        f"{ceiling / 1e9:,.0f} GFLOP/s; malloc keeps freed memory: {tuned}")
   results = []
   for name in shapes:
     cfg, batch, seq = SHAPES[name]
