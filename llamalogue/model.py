@@ -3,7 +3,8 @@
 RMSNorm, rotary embeddings in the HF rotate-half layout, multi-head or grouped-query
 attention, SwiGLU MLP, tied or untied output head. Parameters are float32; `dtype`
 picks the compute dtype (float32 or bfloat16). Dense kernels are stored `[in, out]`
-(HF stores `[out, in]`: import/export transposes, see hf.py).
+(HF stores `[out, in]`: import/export transposes, see hf.py). Attention and the training
+loss run through the fused ops of ops.py (the plain formulation's values, a faster backward).
 """
 
 import dataclasses
@@ -199,7 +200,9 @@ class Llama(nnx.Module):
 
   def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None) -> jax.Array:
     x_BxLxD = self.hidden(tokens_BxL, positions_BxL)
-    return jnp.einsum("bld,dv->blv", x_BxLxD, self.head_kernel(), preferred_element_type=jnp.float32)
+    b, l, d = x_BxLxD.shape
+    logits_TxV = jnp.dot(x_BxLxD.reshape(b * l, d), self.head_kernel(), preferred_element_type=jnp.float32)
+    return logits_TxV.reshape(b, l, -1)                                  # 2-D matmul: see Linear
 
   def head_kernel(self) -> jax.Array:
     """The output projection `[D, V]` in the compute dtype (the embedding, transposed, when tied)."""
