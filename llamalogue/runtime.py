@@ -8,10 +8,12 @@ tiny step's time, 6% of the 135M step's, on the 2-core CPU this was measured on.
 malloc arena, no mmap-served allocations and no trimming, freed memory stays with the
 process and the next step reuses it without a fault.
 
-The cost is that the process keeps its peak heap until it exits, which is what a
-training or evaluation process does anyway. Set `LLAMALOGUE_MALLOC=system` to skip it.
-Call it before jax runs anything (XLA's worker threads choose their malloc arena on
-their first allocation).
+The costs: the process keeps its peak heap until it exits (a training process does anyway),
+and threads contend for the one arena. XLA's compiles get a few percent slower, and the
+tokenizer trainer got three times slower (data/bpe.py now trains in a spawned process, which
+has the default malloc). So main.py applies it to training modes only. Set
+`LLAMALOGUE_MALLOC=system` to skip it. Call it before jax runs anything: XLA's worker
+threads choose their malloc arena on their first allocation.
 """
 
 import ctypes

@@ -13,7 +13,3 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
-
-from llamalogue import runtime  # noqa: E402  (as main.py does, before jax runs anything)
-
-runtime.keep_freed_memory()
