@@ -23,13 +23,14 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- attention
 
-def _rotate_half(x):
+def rotate_half(x):
+  """HF's rotate_half: [x1, x2] -> [-x2, x1] over the last axis."""
   x1, x2 = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([-x2, x1], axis=-1)
 
 
 def _rotate_half_t(x):
-  """The transpose of `_rotate_half` (a rotation by -90° in each pair)."""
+  """The transpose of `rotate_half` (a rotation by -90° in each pair)."""
   x1, x2 = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([x2, -x1], axis=-1)
 
@@ -52,8 +53,8 @@ def _attention_fwd_core(q, k, v, cos, sin):
   q_t = _heads_major(q, groups).astype(jnp.float32)                 # [B, G, R, L, K]
   k_t = _heads_major(k, groups)[:, :, 0].astype(jnp.float32)        # [B, G, L, K]
   v_t = _heads_major(v, groups)[:, :, 0]
-  q_t = q_t * cos_t + _rotate_half(q_t) * sin_t
-  k_t = k_t * cos_t[:, :, 0] + _rotate_half(k_t) * sin_t[:, :, 0]
+  q_t = q_t * cos_t + rotate_half(q_t) * sin_t
+  k_t = k_t * cos_t[:, :, 0] + rotate_half(k_t) * sin_t[:, :, 0]
   q_t, k_t = q_t.astype(q.dtype), k_t.astype(k.dtype)
   b, g, r, l, d = q_t.shape
   q_t, k_t, v_t = q_t.reshape(b * g, r * l, d), k_t.reshape(b * g, l, d), v_t.reshape(b * g, l, d)
@@ -128,33 +129,30 @@ def _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads):
   input stays sharded): loss sum and, with_grads, d loss/d h and d loss/d w."""
   b, l, d = h_BxLxD.shape
   n = l // chunk_len
-  split = lambda x: jnp.swapaxes(x.reshape((b, n, chunk_len) + x.shape[2:]), 0, 1)
-  xs = (split(h_BxLxD), split(targets_BxL), split(mask_BxL.astype(jnp.float32)))
+  chunks = lambda x: jnp.swapaxes(x.reshape((b, n, chunk_len) + x.shape[2:]), 0, 1).reshape(
+      (n, b * chunk_len) + x.shape[2:])                               # [n, T = b * chunk_len, ...]
 
-  def body(dw, x):
-    h_BxCxD, tgt_BxC, m_BxC = x
-    bc = h_BxCxD.shape[:2]
-    h_TxD = h_BxCxD.reshape(-1, h_BxCxD.shape[-1])                     # 2-D matmuls: see model.Linear
-    logits = jnp.dot(h_TxD, w_DxV, preferred_element_type=jnp.float32).reshape(bc + w_DxV.shape[-1:])
+  def body(dw_DxV, x):
+    h_TxD, tgt_T, m_T = x
+    logits = jnp.dot(h_TxD, w_DxV, preferred_element_type=jnp.float32)    # 2-D matmuls: see model.matmul_2d
     mx = jnp.max(logits, axis=-1, keepdims=True)
     e = jnp.exp(logits - mx)
     z = jnp.sum(e, axis=-1, keepdims=True)
-    picked = jnp.take_along_axis(logits, tgt_BxC[..., None], axis=-1)[..., 0]
-    loss = jnp.sum((jnp.log(z[..., 0]) + mx[..., 0] - picked) * m_BxC)
+    picked = jnp.take_along_axis(logits, tgt_T[:, None], axis=-1)[:, 0]
+    loss = jnp.sum((jnp.log(z[:, 0]) + mx[:, 0] - picked) * m_T)
     if not with_grads:
-      return dw, (loss, None)
-    onehot = jnp.arange(logits.shape[-1]) == tgt_BxC[..., None]
-    g_TxV = ((e / z - onehot) * m_BxC[..., None]).astype(h_BxCxD.dtype).reshape(-1, w_DxV.shape[-1])
-    dh = jnp.dot(g_TxV, w_DxV.T, preferred_element_type=jnp.float32).astype(h_BxCxD.dtype).reshape(h_BxCxD.shape)
-    return dw + jnp.dot(h_TxD.T, g_TxV, preferred_element_type=jnp.float32), (loss, dh)
+      return dw_DxV, (loss, None)
+    onehot = jnp.arange(logits.shape[-1]) == tgt_T[:, None]
+    g_TxV = ((e / z - onehot) * m_T[:, None]).astype(h_TxD.dtype)          # d loss / d logits
+    dh_TxD = jnp.dot(g_TxV, w_DxV.T, preferred_element_type=jnp.float32).astype(h_TxD.dtype)
+    return dw_DxV + jnp.dot(h_TxD.T, g_TxV, preferred_element_type=jnp.float32), (loss, dh_TxD)
 
   dw0 = jnp.zeros(w_DxV.shape, jnp.float32) if with_grads else None
-  if n == 1:
-    dw, (loss, dh) = body(dw0, jax.tree.map(lambda a: a[0], xs))
-    loss, dh = loss[None], None if dh is None else dh[None]
-  else:
-    dw, (loss, dh) = jax.lax.scan(body, dw0, xs)
-  dh = None if dh is None else jnp.swapaxes(dh, 0, 1).reshape(b, l, d)
+  # one chunk: unrolled, so no loop
+  dw, (loss, dh) = jax.lax.scan(body, dw0, (chunks(h_BxLxD), chunks(targets_BxL), chunks(mask_BxL)),
+                                unroll=n == 1)
+  if dh is not None:
+    dh = jnp.swapaxes(dh.reshape(n, b, chunk_len, d), 0, 1).reshape(b, l, d)
   return jnp.sum(loss), dh, dw
 
 
