@@ -10,26 +10,20 @@ newest one, bit-identical on CPU to an uninterrupted run.
 
 import dataclasses
 import json
-import math
 import pathlib
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from llamalogue import checkpoint as ckpt_lib
+from llamalogue import loop
 from llamalogue import model as model_lib
 from llamalogue import sharding as sharding_lib
 from llamalogue import step as step_lib
-from llamalogue.errors import ConfigError, LlamalogueError
-from llamalogue.metrics import MetricWriter
+from llamalogue.errors import ConfigError
 from llamalogue.paths import atomic_write
 
-# bf16 dense peak FLOP/s per chip, for MFU. Other chips (CPUs) use a measured matmul ceiling.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
-              "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v6": 918e12}
+# Shared with the benchmarks: MFU peaks live in the run scaffold.
+from llamalogue.loop import PEAK_FLOPS, measured_matmul_flops, peak_flops, table_peak_flops  # noqa: E402,F401
 
 
 def milestones(words_per_epoch: int, epochs: int) -> list[int]:
@@ -44,30 +38,6 @@ def compute_dtype(requested: str) -> str:
   return requested
 
 
-def measured_matmul_flops(n: int = 1024, dtype=jnp.float32, reps: int = 5) -> float:
-  """FLOP/s of a square matmul on the default device (best of `reps`): a ceiling for chips with no table entry."""
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(f(a, a))
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a, a))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best
-
-
-def table_peak_flops() -> float | None:
-  """The bf16 peak of the current chip from PEAK_FLOPS, None when it is not listed (CPUs)."""
-  kind = jax.devices()[0].device_kind.lower()
-  return next((flops for name, flops in PEAK_FLOPS.items() if name.lower() in kind), None)
-
-
-def peak_flops(override: float = 0.0) -> float:
-  """Peak FLOP/s per chip: the override, the bf16 table for known accelerators, else a measured matmul."""
-  return override or table_peak_flops() or measured_matmul_flops()
-
-
 class _Batches:
   """Global batches `[A, B/A, L]` on the mesh, from a per-process TokenIterator."""
 
@@ -75,12 +45,23 @@ class _Batches:
     self.it, self.accum = iterator, accum
     self.sharding = sharding_lib.batch_sharding(mesh, leading_dims=1)
 
-  def next(self) -> tuple[dict, int]:
+  @property
+  def epoch(self) -> int:
+    return self.it.epoch
+
+  def state(self) -> dict:
+    return self.it.state()
+
+  def restore(self, state: dict) -> None:
+    self.it.restore(state)
+
+  def next(self) -> tuple[dict, dict]:
     batch = self.it.next()
     words = int(batch.pop("words"))
     local = {k: np.asarray(v).reshape(self.accum, -1, *np.shape(v)[1:]) for k, v in batch.items()}
     glob = {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in local.items()}
-    return glob, words * jax.process_count()
+    tokens = int(np.size(local["inputs"])) * jax.process_count()
+    return glob, {"words": words * jax.process_count(), "tokens": tokens}
 
 
 def _validate(config) -> None:
@@ -146,103 +127,43 @@ def run(config, workdir: str) -> dict:
       raise ConfigError(f"config.train.milestones: {t.milestones!r} is not a comma-separated list of word counts") from e
 
   tx, schedule = step_lib.make_optimizer(config.optimizer, total_steps)
-  params_fn = lambda: step_lib.init_params(model_cfg, config.seed)[1]
-  abstract = step_lib.abstract_state(params_fn, tx)
+  graphdef, abstract_params = model_lib.abstract_model(model_cfg)
+  abstract = step_lib.abstract_state(lambda: model_lib.pure_dict(abstract_params), tx)
   shardings = sharding_lib.tree_shardings(abstract, mesh)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
-  ckpts = ckpt_lib.RunCheckpoints(workdir, keep_latest=t.keep_latest)
-  ckpts.write_run_files(model_cfg, data_dir)
-  restored = ckpts.restore_latest(target)
-  graphdef = model_lib.abstract_model(model_cfg)[0]
-  if restored is None:
+  def init_state():
     if init_params is not None:
-      state = sharding_lib.shard(step_lib.init_state(init_params, tx), shardings)
-    else:
-      state = jax.jit(lambda: step_lib.init_state(params_fn(), tx), out_shardings=shardings)()
-    meta = {"step": 0, "words": 0, "milestones_done": [], "seed": config.seed}
-  else:
-    state, meta = restored
-    train_it.restore(meta["data"])
-    print(f"resuming from step {meta['step']} ({meta['words']:,} words seen)")
-  atomic_write(workdir / "run_config.json", config.to_json_best_effort(indent=2))
+      return sharding_lib.shard(step_lib.init_state(init_params, tx), shardings)
+    # The key is an argument: a closed-over seed would make XLA fold all the random numbers at compile time.
+    init = jax.jit(lambda key: step_lib.init_state(step_lib.init_params(model_cfg, key)[1], tx),
+                   out_shardings=shardings)
+    return init(jax.random.key(config.seed))
 
+  atomic_write(workdir / "run_config.json", config.to_json_best_effort(indent=2))
   train_step = step_lib.jit_train_step(step_lib.lm_loss(graphdef), tx, mesh, shardings)
   eval_loss = step_lib.jit_eval_loss(step_lib.lm_loss(graphdef), mesh, shardings["params"])
-  batches = _Batches(train_it, t.accum_steps, mesh)
-  writer = MetricWriter(workdir) if jax.process_index() == 0 else None
-  flops_tok = model_lib.flops_per_token(model_cfg, config.data.seq_len)
-  peak = peak_flops(t.peak_flops)
-  n_dev = jax.device_count() if jax.default_backend() != "cpu" else 1  # simulated CPU devices share one ceiling
 
-  step, words = int(meta["step"]), int(meta["words"])
-  done_marks = set(meta.get("milestones_done", []))
-  bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
-             disable=jax.process_index() != 0)
-  t_last, tok_last, pending = time.perf_counter(), 0.0, None
-  last_eval = None
+  def scalars(metrics, step):
+    return {"train/loss": float(metrics["loss"]), "train/grad_norm": float(metrics["grad_norm"]),
+            "train/lr": float(schedule(step - 1))}
 
-  def save(reached_marks):
-    m = {"step": step, "words": words, "data": train_it.state(), "seed": config.seed,
-         "rng": {"seed": config.seed, "step": step}, "milestones_done": sorted(done_marks),
-         "model": dataclasses.asdict(model_cfg)}
-    ckpts.save(state, m, reached_marks)
+  def evaluate(state):
+    loss = _evaluate(eval_loss, state["params"], data_dir, config, mesh)
+    return {"eval/loss": loss, "eval/perplexity": loop.perplexity(loss)} if loss is not None else {}
 
-  def check(metrics, at_step):
-    if not bool(metrics["finite"]):
-      last = ckpts.latest_step()
-      raise LlamalogueError(f"non-finite loss at step {at_step} (loss={float(metrics['loss'])}, "
-                            f"grad_norm={float(metrics['grad_norm'])}); stopped, the last good checkpoint "
-                            f"is step {last} in {workdir / 'checkpoints' / 'latest'}")
-
-  try:
-    while step < total_steps:
-      batch, batch_words = batches.next()
-      state, metrics = train_step(state, batch)
-      if pending is not None:  # check the previous step while this one runs
-        check(*pending)
-      pending = (metrics, step + 1)
-      step += 1
-      words += batch_words
-      tok_last += t.batch_size * config.data.seq_len
-      bar.update(1)
-      reached = [m for m in marks if m <= words and m not in done_marks]
-      if step == total_steps:  # the final state stands for the last milestone
-        reached += [m for m in marks if m not in done_marks and m <= words * 1.05 and m not in reached]
-      if step % t.log_every == 0 or step == total_steps:
-        check(metrics, step)
-        dt = time.perf_counter() - t_last
-        tps = tok_last / dt
-        scalars = {"train/loss": float(metrics["loss"]), "train/grad_norm": float(metrics["grad_norm"]),
-                   "train/lr": float(schedule(step - 1)), "train/words_seen": words, "train/epoch": train_it.epoch,
-                   "perf/tokens_per_s": tps, "perf/flops_per_s": tps * flops_tok}
-        scalars["perf/mfu"] = tps * flops_tok / (peak * n_dev)
-        if writer:
-          writer.write(step, scalars)
-        bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", words=f"{words/1e6:.2f}M", tok_s=f"{tps:,.0f}")
-        t_last, tok_last = time.perf_counter(), 0.0
-      if t.eval_every and (step % t.eval_every == 0 or step == total_steps):
-        last_eval = _evaluate(eval_loss, state["params"], data_dir, config, mesh)
-        if writer and last_eval:
-          writer.write(step, {"eval/loss": last_eval, "eval/perplexity": math.exp(min(last_eval, 50))})
-      if reached or step % t.checkpoint_every == 0 or step == total_steps:
-        check(metrics, step)
-        pending = None
-        done_marks.update(reached)
-        save(reached)
-        t_last, tok_last = time.perf_counter(), 0.0  # do not count checkpoint time as training
-  finally:
-    bar.close()
-    if writer:
-      writer.close()
-    ckpts.close()
-
-  summary = {"steps": step, "words_seen": words, "final_eval_loss": last_eval,
-             "milestones": [m for m in marks if m in done_marks], "params": model_lib.count_params(model_cfg),
-             "checkpoints": str(workdir / "checkpoints")}
+  task = loop.Task(
+      name="pretrain", batches=_Batches(train_it, t.accum_steps, mesh), init_state=init_state, target=target,
+      step=train_step, scalars=scalars, evaluate=evaluate, milestones=marks,
+      flops_per_token=model_lib.flops_per_token(model_cfg, config.data.seq_len),
+      meta={"seed": config.seed, "model": dataclasses.asdict(model_cfg)})
+  summary, _ = loop.run_loop(workdir, loop.Settings.from_config(t, total_steps), task, model_cfg=model_cfg,
+                             tokenizer_dir=data_dir)
+  summary.update(final_eval_loss=summary["final_eval"].get("eval/loss"), params=model_lib.count_params(model_cfg))
   if jax.process_index() == 0:
     atomic_write(workdir / "summary.json", json.dumps(summary, indent=2))
-    print(f"done: {step} steps, {words:,} words seen, eval loss {last_eval}, checkpoints in {workdir / 'checkpoints'}")
+    print(f"done: {summary['steps']} steps, {summary['words_seen']:,} words seen, eval loss "
+          f"{summary['final_eval_loss']}, checkpoints in {workdir / 'checkpoints'}")
   return summary
 
 
