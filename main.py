@@ -24,11 +24,12 @@ MODES = {
     "pretrain": "llamalogue.train:run",
     "export": "llamalogue.hf:run_export",
     "evaluate": "evaluation.run:run",
+    "dpo": "rl.dpo:run",
 }
 
 # Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;
 # a few % slower compiles, 6-12% faster steps on CPU). Evaluation is mostly compiles: left alone.
-TRAINING_MODES = {"pretrain"}
+TRAINING_MODES = {"pretrain", "dpo"}
 
 
 def _fail(message: str) -> None:

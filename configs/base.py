@@ -65,3 +65,76 @@ def model(preset: str) -> ml_collections.ConfigDict:
     m[name] = placeholder(float)
   m.tie_embeddings = placeholder(bool)
   return m
+
+
+def dpo(pairs: str, tiny: bool = False) -> ml_collections.ConfigDict:
+  """The study's DPO run (STUDY.md §5) on `pairs`; `tiny`: a CPU-sized run of a few steps."""
+  c = ml_collections.ConfigDict()
+  c.mode = "dpo"
+  c.seed = 42
+  c.init_from = ""                # our pre-training run or checkpoint, a HF directory, or hf:<repo id>
+  # A pairs file (`data:` allowed; the study's JSON/CSV or JSONL {prompt, chosen, rejected}), hf:<dataset id>,
+  # or `heldout_a`: built from the base's own held-out split (which also gives a held-out benchmark).
+  c.pairs = pairs
+  c.pairs_offset = 0
+  c.pairs_limit = 18_000          # the study: the first 18,000 pairs
+  c.pairs_data_dir = ""           # heldout_a: prepared data dir ("" = <init_from run>/data)
+  c.on_error = "raise"            # raise: a bad pair row stops with its file and row | skip: counted and reported
+  c.tokenization = "benchmark"    # benchmark: `prompt + " " + reply` as dialogue MP scores it | trl: trl 0.19.1's
+  c.model = ml_collections.ConfigDict()
+  c.model.dtype = "auto"          # bf16 compute on GPU/TPU, fp32 on CPU (params fp32)
+  c.mesh = mesh()
+
+  c.dpo = ml_collections.ConfigDict()
+  c.dpo.beta = 0.1
+  c.dpo.loss_type = "sigmoid"     # sigmoid | ipo | hinge
+  c.dpo.label_smoothing = 0.0     # conservative DPO (sigmoid only), as trl
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 10
+  c.train.max_steps = 0           # 0: epochs x ceil(pairs / batch_size)
+  c.train.batch_size = 32         # pairs per optimizer step (the study's effective batch)
+  c.train.accum_steps = 1         # micro-batches per step
+  c.train.eval_batch_size = 64    # pairs per reference forward pass
+  c.train.log_every = 10
+  c.train.eval_every = 0
+  c.train.checkpoint_every = 500
+  c.train.keep_latest = 2
+  c.train.peak_flops = 0.0
+
+  # trl / HF Trainer defaults as the study ran them: AdamW, linear decay to 0, no warmup, no weight decay.
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 5e-6
+  c.optimizer.schedule = "linear"
+  c.optimizer.warmup_steps = 0
+  c.optimizer.min_lr_ratio = 0.0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip = 1.0
+
+  # Held-out pair building (pairs=heldout_a), as configs/pairs.py.
+  c.build = ml_collections.ConfigDict()
+  c.build.seed = 42
+  c.build.match = "word"
+  c.build.overlap = "tokens"
+  c.build.min_words = 3
+  c.build.eval_fraction = 0.3
+  c.build.adult_roles = "Mother,Father,Grandmother,Grandfather,Investigator,Adult,Teacher,Caretaker"
+
+  # After training: base vs. result (evaluation/run.py; "" = no evaluation).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tasks = "dialogue_word,dialogue_token,zorro,blimp_filtered"
+  c.eval.max_items_per_task = 0   # 0 = every item
+  c.eval.convention = "study"
+  if tiny:
+    c.pairs_limit = 64
+    c.train.epochs = 1
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 16
+    c.train.log_every = 2
+    c.train.checkpoint_every = 4
+    c.optimizer.lr = 1e-4
+    c.eval.max_items_per_task = 40
+  return c

@@ -5,9 +5,11 @@ dict of the NNX model's parameters (`nnx.merge(graphdef, params)` rebuilds the m
 The step is a pure function `(state, batch) -> (state, metrics)` compiled by `jax.jit`
 with `in_shardings`/`out_shardings` and the state donated.
 
-A loss function has the signature `loss_fn(params, micro_batch) -> (loss_sum, count)`:
-returning sums (not means) makes gradient accumulation exact: the accumulated
-gradient is `sum of grads of loss_sum / total count`, whatever the micro-batching.
+A loss function has the signature `loss_fn(params, micro_batch) -> (loss_sum, count)` or
+`(loss_sum, count, aux_sums)`: returning sums (not means) makes gradient accumulation
+exact: the accumulated gradient is `sum of grads of loss_sum / total count`, whatever the
+micro-batching. `aux_sums` (a dict of scalar sums, e.g. DPO's reward accuracies) is
+reported per counted item in the step's metrics.
 """
 
 from typing import Any, Callable
@@ -20,7 +22,16 @@ from flax import nnx
 from llamalogue import model as model_lib
 from llamalogue import sharding as sharding_lib
 
-LossFn = Callable[[Any, dict], tuple[jax.Array, jax.Array]]
+LossFn = Callable[[Any, dict], tuple]
+
+
+def _with_aux(loss_fn: LossFn):
+  """`loss_fn` as `(params, batch) -> (loss_sum, (loss_sum, count, aux_sums))`."""
+  def f(params, batch):
+    out = loss_fn(params, batch)
+    loss_sum, n, aux = out if len(out) == 3 else (*out, {})
+    return loss_sum, (loss_sum, n, aux)
+  return f
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
@@ -71,29 +82,32 @@ def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
 
 
 def _mean_grads(loss_fn: LossFn, params, batch_AxB):
-  """(gradient of the mean loss, loss sum, count) over the leading micro-batch axis.
+  """(gradient of the mean loss, loss sum, count, aux sums) over the leading micro-batch axis.
 
   With one micro-batch there is no loop: a gradient carried through a while loop costs
   XLA:CPU about as much as the backward pass itself on the 135M shape. With several,
   gradients of the summed losses accumulate in a lax.scan and are divided once.
   """
+  f = _with_aux(loss_fn)
   if jax.tree.leaves(batch_AxB)[0].shape[0] == 1:
     def mean_loss(p, b):
-      loss_sum, n = loss_fn(p, b)
-      return loss_sum / jnp.maximum(n, 1.0), (loss_sum, n)
-    (_, (l_sum, n_sum)), g = jax.value_and_grad(mean_loss, has_aux=True)(
+      loss_sum, aux = f(p, b)
+      return loss_sum / jnp.maximum(aux[1], 1.0), aux
+    (_, (l_sum, n_sum, aux)), g = jax.value_and_grad(mean_loss, has_aux=True)(
         params, jax.tree.map(lambda x: x[0], batch_AxB))
-    return g, l_sum, n_sum
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    return g, l_sum, n_sum, aux
+  grad_fn = jax.value_and_grad(f, has_aux=True)
 
   def body(carry, micro):
-    g_sum, l_sum, n_sum = carry
-    (loss, n), g = grad_fn(params, micro)
-    return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss, n_sum + n), None
+    g_sum, l_sum, n_sum, aux_sum = carry
+    (_, (loss, n, aux)), g = grad_fn(params, micro)
+    return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss, n_sum + n, jax.tree.map(jnp.add, aux_sum, aux)), None
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  (g_sum, l_sum, n_sum), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), batch_AxB)
-  return jax.tree.map(lambda g: g / jnp.maximum(n_sum, 1.0), g_sum), l_sum, n_sum
+  aux0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                      jax.eval_shape(lambda: f(params, jax.tree.map(lambda x: x[0], batch_AxB))[1][2]))
+  (g_sum, l_sum, n_sum, aux), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0), aux0), batch_AxB)
+  return jax.tree.map(lambda g: g / jnp.maximum(n_sum, 1.0), g_sum), l_sum, n_sum, aux
 
 
 def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, batch_AxB: dict):
@@ -102,7 +116,7 @@ def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, b
   A non-finite loss or gradient skips the update (lax.cond: the state is returned as
   it was) and reports `finite=0`, so a checkpoint never holds NaNs; the loop stops on it.
   """
-  grads, l_sum, n_sum = _mean_grads(loss_fn, state["params"], batch_AxB)
+  grads, l_sum, n_sum, aux = _mean_grads(loss_fn, state["params"], batch_AxB)
   loss = l_sum / jnp.maximum(n_sum, 1.0)
   grad_norm = _global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -113,7 +127,8 @@ def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, b
             "step": state["step"] + 1}
 
   new_state = jax.lax.cond(finite, update, lambda state: state, state)
-  metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": n_sum, "finite": finite}
+  metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": n_sum, "finite": finite,
+             **{k: v / jnp.maximum(n_sum, 1.0) for k, v in aux.items()}}
   return new_state, metrics
 
 

@@ -45,3 +45,298 @@ def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array, ref_chose
       "logps/rejected": pr,
   }
   return losses_B, metrics
+
+
+# ----------------------------------------------------------------------------- the DPO step
+
+def sequence_logps(params, graphdef, inputs_NxL, targets_NxL, mask_NxL, average: bool = False) -> jax.Array:
+  """Summed (or, `average`, mean) log-probability of the masked targets of each row `[N]`."""
+  from flax import nnx
+  from llamalogue import model as model_lib
+  model = nnx.merge(graphdef, params)
+  logp_NxL = model_lib.token_logprobs(model(inputs_NxL), targets_NxL)
+  mask_NxL = mask_NxL.astype(jnp.float32)
+  total_N = jnp.sum(logp_NxL * mask_NxL, axis=-1)
+  return total_N / jnp.maximum(jnp.sum(mask_NxL, axis=-1), 1.0) if average else total_N
+
+
+def both_sides_logps(params, graphdef, batch: dict, average: bool = False) -> tuple[jax.Array, jax.Array]:
+  """(chosen `[b]`, rejected `[b]`) log-probabilities in one forward pass over the 2b rows (trl's concatenated forward)."""
+  cat = lambda k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
+  logps_2b = sequence_logps(params, graphdef, cat("inputs"), cat("targets"), cat("mask"), average)
+  b = batch["chosen_inputs"].shape[0]
+  return logps_2b[:b], logps_2b[b:]
+
+
+def make_loss_fn(graphdef, *, beta: float, loss_type: str, label_smoothing: float):
+  """`loss_fn(params, micro) -> (loss_sum, pairs, metric sums)` for llamalogue/step.py's train step.
+
+  `micro` holds the token rows of both sides, the cached reference log-probabilities
+  `ref_chosen`/`ref_rejected` `[b]` and `valid` `[b]` (0 for the padding rows of an epoch's
+  last, partial batch: they count for nothing).
+  """
+  average = loss_type == "ipo"  # trl averages the log-probabilities over the reply for IPO
+
+  def loss_fn(params, micro):
+    chosen_b, rejected_b = both_sides_logps(params, graphdef, micro, average)
+    losses_b, metrics = dpo_loss(chosen_b, rejected_b, micro["ref_chosen"], micro["ref_rejected"], beta=beta,
+                                 loss_type=loss_type, label_smoothing=label_smoothing)
+    valid_b = micro["valid"].astype(jnp.float32)
+    sums = {k: jnp.sum(v * valid_b) for k, v in metrics.items()}
+    return jnp.sum(losses_b * valid_b), jnp.sum(valid_b), sums
+
+  return loss_fn
+
+
+def jit_reference_logps(graphdef, average: bool):
+  """Jitted `(params, batch) -> (chosen [b], rejected [b])` for the frozen reference (params are an argument)."""
+  return jax.jit(lambda params, batch: both_sides_logps(params, graphdef, batch, average))
+
+
+# ----------------------------------------------------------------------------- data for the loop
+
+class PairBatches:
+  """Shuffled epochs over encoded pairs as `[A, b, ...]` batches; `state()`/`restore()` for exact resume.
+
+  Each epoch is a permutation drawn from (seed, epoch); an epoch's last, partial batch is
+  filled with `valid=0` rows (trl keeps the partial batch: 18,000 pairs at 32 give 563 steps).
+  """
+
+  def __init__(self, arrays: dict, batch_size: int, accum: int, seed: int, mesh=None):
+    import numpy as np
+    self.arrays, self.batch_size, self.accum, self.seed = arrays, batch_size, accum, seed
+    self.n = len(next(iter(arrays.values())))
+    self.steps_per_epoch = -(-self.n // batch_size)
+    self.epoch, self.pos = 0, 0
+    self._np = np
+    self.sharding = None
+    if mesh is not None:
+      from llamalogue import sharding as sharding_lib
+      self.sharding = sharding_lib.batch_sharding(mesh, leading_dims=1)
+
+  def state(self) -> dict:
+    return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "n": self.n}
+
+  def restore(self, state: dict) -> None:
+    if state.get("n", self.n) != self.n:
+      from llamalogue.errors import DataError
+      raise DataError(f"the checkpoint was trained on {state['n']} pairs, the config now gives {self.n}; "
+                      "use another workdir for other data")
+    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+  def _order(self):
+    return self._np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+  def next(self):
+    np = self._np
+    idx = self._order()[self.pos:self.pos + self.batch_size]
+    self.pos += self.batch_size
+    if self.pos >= self.n:
+      self.epoch, self.pos = self.epoch + 1, 0
+    valid = np.zeros(self.batch_size, np.float32)
+    valid[:len(idx)] = 1.0
+    idx = np.concatenate([idx, np.full(self.batch_size - len(idx), idx[0])]).astype(np.int64)
+    batch = {k: v[idx] for k, v in self.arrays.items()}
+    batch["valid"] = valid
+    batch = {k: v.reshape(self.accum, -1, *v.shape[1:]) for k, v in batch.items()}
+    tokens = int(batch["chosen_inputs"].size + batch["rejected_inputs"].size)
+    if self.sharding is not None:
+      batch = {k: jax.device_put(v, self.sharding) for k, v in batch.items()}
+    return batch, {"tokens": tokens}
+
+
+# ----------------------------------------------------------------------------- the `dpo` mode
+
+def _fingerprint(*trees_and_arrays) -> str:
+  """A digest of arrays (params, token rows): the reference cache is valid only for the same model and data."""
+  import hashlib
+  import numpy as np
+  h = hashlib.sha256()
+  for tree in trees_and_arrays:
+    for leaf in jax.tree.leaves(tree):
+      a = np.ascontiguousarray(np.asarray(leaf))
+      h.update(str((a.shape, a.dtype.str)).encode())
+      h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+def reference_logps(ref_params, graphdef, arrays: dict, *, average: bool, batch_size: int, cache_path, key: str):
+  """(chosen [N], rejected [N]) under the frozen reference, computed once and cached in `cache_path` (.npz).
+
+  The cache is keyed by a digest of the reference parameters and the token rows; another
+  model or other data recompute it.
+  """
+  import io
+  import pathlib
+  import numpy as np
+  from tqdm.auto import tqdm
+  from llamalogue.paths import atomic_write
+  cache_path = pathlib.Path(cache_path)
+  if cache_path.exists():
+    try:
+      with np.load(cache_path) as z:
+        if str(z["key"]) == key:
+          return z["chosen"], z["rejected"]
+    except Exception:  # a corrupt cache is recomputed
+      pass
+  fn = jit_reference_logps(graphdef, average)
+  n = len(arrays["chosen_inputs"])
+  chosen, rejected = np.zeros(n, np.float32), np.zeros(n, np.float32)
+  for start in tqdm(range(0, n, batch_size), desc="reference log-probs", unit="batch", dynamic_ncols=True):
+    idx = np.arange(start, start + batch_size) % n  # a fixed shape: the tail wraps around
+    c, r = fn(ref_params, {k: v[idx] for k, v in arrays.items()})
+    keep = min(batch_size, n - start)
+    chosen[start:start + keep], rejected[start:start + keep] = np.asarray(c)[:keep], np.asarray(r)[:keep]
+  buf = io.BytesIO()
+  np.savez(buf, key=np.array(key), chosen=chosen, rejected=rejected)
+  atomic_write(cache_path, buf.getvalue())
+  return chosen, rejected
+
+
+def _pairs(config, workdir, tokenizer, init_from: str):
+  """(pairs, description, held-out benchmark JSONL or '') from `config.pairs`."""
+  import pathlib
+  from rl import pairs as pairs_lib
+  spec = config.pairs
+  if spec == "heldout_a":  # build from our own held-out split of the base's prepared data
+    data_dir = config.get("pairs_data_dir") or ""
+    if not data_dir:
+      from evaluation.run import run_root
+      data_dir = str(run_root(pathlib.Path(init_from)) / "data")
+    settings = pairs_lib.settings_from_config(config.build)
+    built = pairs_lib.build_pairs(data_dir, settings, tokenizer=tokenizer)
+    written = pairs_lib.write_pairs(built, pathlib.Path(workdir) / "pairs")
+    train = built["train"][config.pairs_offset:]
+    if config.pairs_limit:
+      train = train[:config.pairs_limit]
+    return train, f"built from {data_dir} ({len(built['train'])} training pairs)", str(written["eval_word"])
+  loaded = pairs_lib.load_pairs(spec, limit=config.pairs_limit, offset=config.pairs_offset, on_error=config.on_error)
+  return loaded, loaded.source, ""
+
+
+def _validate(config) -> None:
+  from llamalogue.errors import ConfigError
+  if not config.get("init_from"):
+    raise ConfigError("config.init_from: give the base model (our pre-training run or checkpoint, a HF directory "
+                      "or hf:<repo id>)")
+  t = config.train
+  if t.batch_size % t.accum_steps:
+    raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}")
+  if t.epochs < 1 and not t.max_steps:
+    raise ConfigError(f"config.train.epochs={t.epochs} must be >= 1")
+  if config.dpo.loss_type not in LOSS_TYPES:
+    raise ConfigError(f"config.dpo.loss_type: {config.dpo.loss_type!r} is not one of {LOSS_TYPES}")
+  if not 0.0 <= config.dpo.label_smoothing < 0.5:
+    raise ConfigError(f"config.dpo.label_smoothing={config.dpo.label_smoothing} must be in [0, 0.5)")
+
+
+def run(config, workdir: str) -> dict:
+  """The `dpo` mode: fine-tune `init_from` on preference pairs, then evaluate base and result."""
+  import dataclasses
+  import json
+  import pathlib
+  import numpy as np
+  from llamalogue import hf, loop, sharding as sharding_lib, step as step_lib
+  from llamalogue.errors import ConfigError
+  from llamalogue.paths import atomic_write
+  from llamalogue.train import compute_dtype
+  from rl import pairs as pairs_lib
+
+  _validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  model, tokenizer = hf.load(config.init_from, compute_dtype(config.model.dtype))
+  if tokenizer is None:
+    raise ConfigError(f"config.init_from: {config.init_from} has no tokenizer beside it")
+  graphdef, ref_params = step_lib.split_model(model)
+  model_cfg = model.cfg
+
+  pairs, source, heldout = _pairs(config, workdir, tokenizer, config.init_from)
+  if not pairs:
+    raise ConfigError(f"config.pairs: no usable pairs in {source}")
+  encoded = pairs_lib.encode_pairs(pairs, tokenizer, style=config.tokenization, max_len=model_cfg.max_seq_len,
+                                   on_error=config.on_error)
+  if not len(encoded.rows):
+    raise ConfigError(f"config.pairs: every pair of {source} was skipped while encoding")
+  length = max(encoded.chosen.inputs.shape[1], encoded.rejected.inputs.shape[1])
+  pad = lambda a: np.pad(a, ((0, 0), (0, length - a.shape[1])), constant_values=a[0, -1] if a.dtype != np.float32 else 0)
+  arrays = {}
+  for side in ("chosen", "rejected"):
+    s = getattr(encoded, side)
+    arrays.update({f"{side}_inputs": pad(s.inputs), f"{side}_targets": pad(s.targets), f"{side}_mask": pad(s.loss_mask)})
+  data_info = {"source": source, "pairs": len(pairs), **{k: v for k, v in encoded.counts.items()},
+               "skipped_loading": dict(getattr(pairs, "skipped", {})), "skipped_encoding": dict(encoded.skipped)}
+  atomic_write(workdir / "pairs_info.json", json.dumps(data_info, indent=2))
+
+  d, t = config.dpo, config.train
+  average = d.loss_type == "ipo"
+  key = _fingerprint(ref_params, arrays, np.array([average]))
+  ref_c, ref_r = reference_logps(ref_params, graphdef, arrays, average=average, batch_size=t.eval_batch_size,
+                                 cache_path=workdir / "reference_logps.npz", key=key)
+  arrays.update(ref_chosen=ref_c, ref_rejected=ref_r)
+
+  mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+  batches = PairBatches(arrays, t.batch_size, t.accum_steps, config.seed, mesh)
+  total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
+  tx, schedule = step_lib.make_optimizer(config.optimizer, total_steps)
+  abstract = step_lib.abstract_state(lambda: ref_params, tx)
+  shardings = sharding_lib.tree_shardings(abstract, mesh)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  loss_fn = make_loss_fn(graphdef, beta=d.beta, loss_type=d.loss_type, label_smoothing=d.label_smoothing)
+  train_step = step_lib.jit_train_step(loss_fn, tx, mesh, shardings)
+  atomic_write(workdir / "run_config.json", config.to_json_best_effort(indent=2))
+
+  def scalars(m, step):
+    out = {"train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
+           "train/learning_rate": float(schedule(step - 1))}
+    out.update({k: float(m[k]) for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                         "rewards/margins", "logps/chosen", "logps/rejected")})
+    return out
+
+  task = loop.Task(
+      name="dpo", batches=batches, target=target, step=train_step, scalars=scalars,
+      init_state=lambda: sharding_lib.shard(step_lib.init_state(ref_params, tx), shardings),
+      meta={"seed": config.seed, "model": dataclasses.asdict(model_cfg), "init_from": config.init_from,
+            "pairs": source, "tokenization": config.tokenization, "reference_key": key})
+  tok_dir = hf._find_tokenizer_dir(config.init_from)
+  if tok_dir is None:
+    tok_dir = workdir / "tokenizer_src"
+    tokenizer.save_pretrained(str(tok_dir))
+  summary, _ = loop.run_loop(workdir, loop.Settings.from_config(t, total_steps), task, model_cfg=model_cfg,
+                             tokenizer_dir=tok_dir)
+  summary["pairs"] = data_info
+  if config.eval.tasks:
+    summary["evaluation"] = evaluate_against_base(config, workdir, heldout)
+  if jax.process_index() == 0:
+    atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
+    plot_curves(workdir)
+  return summary
+
+
+def evaluate_against_base(config, workdir, heldout_pairs: str = "") -> dict:
+  """Evaluates the base (`init_from`) and this run on `config.eval` and writes DIR/eval/comparison.md."""
+  import pathlib
+  from configs import evaluate as evaluate_config
+  from evaluation import run as eval_run
+  ec = evaluate_config.get_config()
+  ec.init_from = config.init_from
+  ec.compare_to = str(pathlib.Path(workdir).resolve())
+  tasks = config.eval.tasks
+  if heldout_pairs:
+    ec.heldout_pairs = heldout_pairs
+    tasks = tasks + ",dialogue_heldout" if "dialogue_heldout" not in tasks else tasks
+  ec.tasks = tasks
+  ec.max_items_per_task = config.eval.max_items_per_task
+  ec.convention = config.eval.convention
+  eval_run.run(ec, str(workdir))
+  out = pathlib.Path(workdir) / "eval" / "comparison.md"
+  return {"comparison": str(out), "tasks": tasks}
+
+
+def plot_curves(workdir) -> None:
+  """DIR/dpo_curves.png: loss and reward accuracy against step, beside the study's logged curves when present."""
+  import json
+  import pathlib
+  from rl import curves
+  rows = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
+  curves.plot_dpo(rows, pathlib.Path(workdir) / "dpo_curves.png")
