@@ -35,8 +35,7 @@ from llamalogue.errors import ConfigError, DataError
 
 ON_ERROR = ("raise", "skip")
 STYLES = ("benchmark", "trl")
-MATCHES = ("word", "token")
-OVERLAPS = ("tokens", "words")
+MATCHES, OVERLAPS = ("word", "token"), ("tokens", "words")   # distractor length match; what "overlap" counts
 TAG = re.compile(r"\*[A-Za-z0-9_'+-]+:(\s|$)")
 MAX_LISTED = 5
 
@@ -55,12 +54,9 @@ class Pair:
 class Pairs(list):
   """A list of `Pair`s plus what loading did: rows skipped (by reason) and texts tagged."""
 
-  def __init__(self, items=(), source: str = "", skipped=None, tagged=None, problems=None):
+  def __init__(self, items=(), source: str = ""):
     super().__init__(items)
-    self.source = source
-    self.skipped = collections.Counter(skipped or {})
-    self.tagged = collections.Counter(tagged or {})
-    self.problems = list(problems or [])
+    self.source, self.skipped, self.tagged, self.problems = source, collections.Counter(), collections.Counter(), []
 
 
 def _check_on_error(on_error: str) -> None:
@@ -80,13 +76,9 @@ def _report(what: str, skipped: collections.Counter, total: int, problems: list[
 
 # ---------------------------------------------------------------------------- loading
 
-def has_tag(text: str) -> bool:
-  return TAG.match(text) is not None
-
-
 def tagged(text: str, tag: str) -> str:
   """`text` as it is if it starts with a `*XXX:` speaker tag, else `*<tag>: <text>`."""
-  return text if has_tag(text) else f"*{tag}: {text.strip()}"
+  return text if TAG.match(text) else f"*{tag}: {text.strip()}"
 
 
 def body(text: str) -> str:
@@ -104,7 +96,7 @@ def make_pair(rec, where: str, counts: collections.Counter) -> Pair:
   for key, text, tag in zip(("prompt", "chosen", "rejected"), fields, ("MOT", "CHI", "CHI")):
     if not body(text).strip():
       raise DataError(f"{where}: empty {key}" + (" reply" if key != "prompt" else ""))
-    if not has_tag(text):
+    if not TAG.match(text):
       counts[key] += 1
     out.append(tagged(text, tag))
   return Pair(*out, where=where)
@@ -122,10 +114,9 @@ def _json_rows(path: pathlib.Path) -> Iterator[tuple[str, object]]:
       yield f"{path}: entry {i + 1}", rec
     return
   for n, line in enumerate(text.splitlines(), 1):
-    if not line.strip():
-      continue
     try:
-      yield f"{path}:{n}", json.loads(line)
+      if line.strip():
+        yield f"{path}:{n}", json.loads(line)
     except json.JSONDecodeError as e:
       yield f"{path}:{n}", DataError(f"{path}:{n}: malformed JSON line ({e.msg})")
 
@@ -289,8 +280,7 @@ def encode_pairs(pairs: list[Pair], tokenizer, *, style: str = "benchmark", max_
   for i, pair in enumerate(pairs):
     longest = int(inputs_len[:, i].max())
     if max_len and longest > max_len:
-      message = (f"{pair.where or f'pair {i}'}: {longest + 1} tokens ({style} style), longer than the model's "
-                 f"context {max_len}")
+      message = f"{pair.where or f'pair {i}'}: {longest} input tokens ({style} style), more than max_len {max_len}"
       if on_error == "raise":
         raise DataError(message + "; shorten it or set on_error=skip")
       skipped["longer than max_len"] += 1
@@ -332,18 +322,13 @@ class BuildSettings:
   adult_roles: tuple[str, ...] = ADULT_ROLES
 
   def check(self, prefix: str = "") -> "BuildSettings":
-    def bad(key, what):
-      raise ConfigError(f"{prefix}{key}: {getattr(self, key)!r} {what}")
-    if self.match not in MATCHES:
-      bad("match", f"is not one of {MATCHES}")
-    if self.overlap not in OVERLAPS:
-      bad("overlap", f"is not one of {OVERLAPS}")
-    if self.min_words < 1:
-      bad("min_words", "must be at least 1")
-    if not 0 < self.eval_fraction < 1:
-      bad("eval_fraction", "must lie strictly between 0 and 1")
-    if not self.adult_roles:
-      bad("adult_roles", "is empty; give comma-separated CHAT roles, e.g. Mother,Father")
+    for key, ok, what in (("match", self.match in MATCHES, f"is not one of {MATCHES}"),
+                          ("overlap", self.overlap in OVERLAPS, f"is not one of {OVERLAPS}"),
+                          ("min_words", self.min_words >= 1, "must be at least 1"),
+                          ("eval_fraction", 0 < self.eval_fraction < 1, "must lie strictly between 0 and 1"),
+                          ("adult_roles", bool(self.adult_roles), "is empty; give CHAT roles, e.g. Mother,Father")):
+      if not ok:
+        raise ConfigError(f"{prefix}{key}: {getattr(self, key)!r} {what}")
     return self
 
 
@@ -375,9 +360,8 @@ def read_dialogues(path: pathlib.Path) -> list[dict]:
 
 
 def _words(text: str, overlap: str) -> set[str]:
-  if overlap == "tokens":
-    return set(text.split())
-  return {w.lower() for w in text.split() if any(ch.isalnum() for ch in w)}
+  words = text.split()
+  return set(words) if overlap == "tokens" else {w.lower() for w in words if any(ch.isalnum() for ch in w)}
 
 
 def exchanges(dialogues: list[dict], s: BuildSettings, drops: collections.Counter) -> list[tuple[str, str, str]]:
@@ -433,13 +417,9 @@ def draw_distractors(replies: list[str], keys: list[int], pool: list[str], pool_
   out = []
   for reply, key in zip(replies, keys):
     bucket = buckets.get(key, [])
-    pick = None
-    for _ in range(8 if bucket else 0):
-      j = bucket[int(rng.integers(len(bucket)))]
-      if pool[j] != reply:
-        pick = pool[j]
-        break
-    if pick is None and bucket:
+    tries = [bucket[int(rng.integers(len(bucket)))] for _ in range(8)] if bucket else []
+    pick = next((pool[j] for j in tries if pool[j] != reply), None)
+    if pick is None and bucket:   # (almost) every utterance of this length is the reply itself
       others = [j for j in bucket if pool[j] != reply]
       pick = pool[others[int(rng.integers(len(others)))]] if others else None
     out.append(pick)
@@ -476,16 +456,16 @@ def build_pairs(data_dir: str | pathlib.Path, settings: BuildSettings = BuildSet
   def pairs(select: np.ndarray, match: str) -> list[Pair]:
     return [Pair(f"*{tag}: {a}", f"*CHI: {c}", f"*CHI: {r}", where=f"{split} exchange {i}")
             for i, ((tag, a, c), r) in enumerate(zip(items, drawn[match])) if select[i] and r is not None]
-
   out = {"train": pairs(~is_eval, s.match), "eval_word": pairs(is_eval, "word"), "eval_token": pairs(is_eval, "token")}
-  no_distractor = {k: int(sum((~is_eval if k == "train" else is_eval)[i] and r is None
-                              for i, r in enumerate(drawn[s.match if k == "train" else k[5:]]))) for k in OUTPUTS}
+  missing = {m: np.array([r is None for r in drawn[m]], bool) for m in MATCHES}
+  no_distractor = {"train": int((missing[s.match] & ~is_eval).sum()),
+                   **{f"eval_{m}": int((missing[m] & is_eval).sum()) for m in MATCHES}}
   out["stats"] = {
       "data_dir": str(d), "split": split, "settings": {**dataclasses.asdict(s), "adult_roles": list(s.adult_roles)},
       "dialogues": len(dialogues), "utterances": sum(len(dl["utterances"]) for dl in dialogues),
       "child_utterances_in_pool": len(pool), "exchanges_kept": len(items), "exchanges_dropped": dict(drops),
-      "adult_turns": {"train": len({a for (_, a, _), e in zip(items, is_eval) if not e}),
-                      "eval": len({a for (_, a, _), e in zip(items, is_eval) if e})},
+      "adult_turns": {k: len({a for (_, a, _), e in zip(items, is_eval) if e == (k == "eval")})
+                      for k in ("train", "eval")},
       "items": {"train": int((~is_eval).sum()), "eval": int(is_eval.sum())},
       "no_distractor": no_distractor, "pairs": {k: len(out[k]) for k in OUTPUTS},
       "seconds": round(time.time() - t0, 3)}
@@ -494,13 +474,10 @@ def build_pairs(data_dir: str | pathlib.Path, settings: BuildSettings = BuildSet
 
 def write_pairs(built: dict, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
   """DIR/pairs_train.jsonl, pairs_eval_word.jsonl, pairs_eval_token.jsonl ({prompt, chosen, rejected}) and stats."""
-  out_dir = pathlib.Path(out_dir)
-  written = {}
-  for key, name in OUTPUTS.items():
-    paths.atomic_write(out_dir / name, "".join(json.dumps(p.record(), ensure_ascii=False) + "\n" for p in built[key]))
-    written[key] = out_dir / name
-  paths.atomic_write(out_dir / STATS_FILE, json.dumps(built["stats"], indent=2, ensure_ascii=False) + "\n")
-  written["stats"] = out_dir / STATS_FILE
+  written = {key: pathlib.Path(out_dir) / name for key, name in {**OUTPUTS, "stats": STATS_FILE}.items()}
+  for key in OUTPUTS:
+    paths.atomic_write(written[key], "".join(json.dumps(p.record(), ensure_ascii=False) + "\n" for p in built[key]))
+  paths.atomic_write(written["stats"], json.dumps(built["stats"], indent=2, ensure_ascii=False) + "\n")
   return written
 
 

@@ -230,7 +230,7 @@ def test_padding_lengths_and_too_long_pairs(tok, capsys):
   assert (enc.chosen.inputs[0, n_in[0]:] == tok.pad_token_id).all()
   limit = max(n_in[:4])            # the third pair's rejected reply is longer
   assert max(n_in[4:]) > limit
-  with pytest.raises(DataError, match=f"pair 2: {max(n_in[4:]) + 1} tokens .*longer than the model's context {limit}"):
+  with pytest.raises(DataError, match=f"pair 2: {max(n_in[4:])} input tokens .*more than max_len {limit}"):
     P.encode_pairs(SMALL, tok, max_len=limit)
   enc = P.encode_pairs(SMALL, tok, max_len=limit, on_error="skip")
   assert list(enc.rows) == [0, 1] and enc.skipped == {"longer than max_len": 1}
