@@ -222,6 +222,33 @@ def test_trl_style_equals_trl_tokenize_row(tok):
       assert seq[-1] == tok.eos_token_id
 
 
+def test_trl_style_logps_equal_trl_concatenated_forward(tok, tmp_path):
+  """trl's own collator + concatenated_forward on a tiny torch Llama = our arrays' masked sums, same model."""
+  import datasets
+  import torch
+  import transformers
+  from benchmarks.dpo_throughput import import_trl, prepare_model
+  trl = import_trl()
+  torch.manual_seed(0)
+  model = prepare_model(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+      num_key_value_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)))
+  model.eval()
+  args = trl.DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
+  trainer = trl.DPOTrainer(model=model, args=args, processing_class=tok,
+                           train_dataset=datasets.Dataset.from_list([p.record() for p in SMALL]))
+  batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(SMALL))])
+  with torch.no_grad():
+    want = trainer.concatenated_forward(model, batch)
+  enc = P.encode_pairs(SMALL, tok, style="trl")
+  for side, key in ((enc.chosen, "chosen_logps"), (enc.rejected, "rejected_logps")):
+    with torch.no_grad():
+      logp = torch.log_softmax(model(torch.tensor(side.inputs, dtype=torch.long)).logits, -1)
+    ours = (logp.gather(-1, torch.tensor(side.targets, dtype=torch.long)[..., None])[..., 0]
+            * torch.tensor(side.loss_mask)).sum(1)
+    np.testing.assert_allclose(ours.numpy(), want[key].numpy(), rtol=1e-5, atol=1e-4)
+
+
 def test_padding_lengths_and_too_long_pairs(tok, capsys):
   enc = P.encode_pairs(SMALL, tok)
   n_in = [len(tok(tasks.dialogue_text(p.prompt, r))["input_ids"]) - 1 for p in SMALL for r in (p.chosen, p.rejected)]
