@@ -95,7 +95,7 @@ def trl_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps:
       durations.append(time.perf_counter() - self.t0)
 
   torch.manual_seed(0)
-  model = prepare_model(transformers.AutoModelForCausalLM.from_pretrained(str(hf_model_dir), dtype=torch.float32))
+  model = prepare_model(transformers.AutoModelForCausalLM.from_pretrained(str(hf_model_dir)).float())
   with tempfile.TemporaryDirectory() as out:
     args = trl.DPOConfig(
         output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=5e-6,

@@ -37,7 +37,6 @@ ON_ERROR = ("raise", "skip")
 STYLES = ("benchmark", "trl")
 MATCHES, OVERLAPS = ("word", "token"), ("tokens", "words")   # distractor length match; what "overlap" counts
 TAG = re.compile(r"\*[A-Za-z0-9_'+-]+:(\s|$)")
-MAX_LISTED = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +69,7 @@ def _report(what: str, skipped: collections.Counter, total: int, problems: list[
     return
   reasons = ", ".join(f"{n} {r}" for r, n in skipped.most_common())
   print(f"warning: {what}: skipped {sum(skipped.values())} of {total} rows ({reasons})", file=sys.stderr)
-  for p in problems[:MAX_LISTED]:
+  for p in problems[:5]:
     print(f"warning:   {p}", file=sys.stderr)
 
 
@@ -218,18 +217,19 @@ class Encoded:
   counts: dict
 
 
-def trl_tokenize_row(pair: Pair, tokenizer) -> dict[str, list[int]]:
-  """trl 0.19.1 `DPOTrainer.tokenize_row` for a decoder-only model, without truncation.
+def trl_tokenize(pairs: list[Pair], tokenizer) -> list[dict[str, list[int]]]:
+  """trl 0.19.1 `DPOTrainer.tokenize_row` of each pair for a decoder-only model, without truncation.
 
   Prompt, chosen and rejected are tokenized separately without special tokens (no BOS: trl adds
   BOS and EOS to the prompt only for encoder-decoder models); EOS is appended to each reply.
   """
-  if tokenizer.eos_token_id is None:
+  eos = tokenizer.eos_token_id
+  if eos is None:
     raise ConfigError("style trl: the tokenizer has no EOS token to end the replies with")
-  ids = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])
-  return {"prompt_input_ids": ids(pair.prompt),
-          "chosen_input_ids": ids(pair.chosen) + [tokenizer.eos_token_id],
-          "rejected_input_ids": ids(pair.rejected) + [tokenizer.eos_token_id]}
+  ids = {k: tokenizer([getattr(p, k) for p in pairs], add_special_tokens=False)["input_ids"]
+         for k in ("prompt", "chosen", "rejected")}
+  return [{"prompt_input_ids": list(ids["prompt"][i]), "chosen_input_ids": list(ids["chosen"][i]) + [eos],
+           "rejected_input_ids": list(ids["rejected"][i]) + [eos]} for i in range(len(pairs))]
 
 
 def sequences(pairs: list[Pair], tokenizer, style: str) -> tuple[list[list[int]], np.ndarray]:
@@ -239,7 +239,7 @@ def sequences(pairs: list[Pair], tokenizer, style: str) -> tuple[list[list[int]]
              + [tasks.dialogue_text(p.prompt, p.rejected) for p in pairs])
     spans = [len(p.prompt) + 1 for p in pairs] * 2
     return scoring.encode(tokenizer, texts, spans)
-  rows = [trl_tokenize_row(p, tokenizer) for p in pairs]
+  rows = trl_tokenize(pairs, tokenizer)
   ids = ([r["prompt_input_ids"] + r["chosen_input_ids"] for r in rows]
          + [r["prompt_input_ids"] + r["rejected_input_ids"] for r in rows])
   first = np.array([len(r["prompt_input_ids"]) for r in rows] * 2, np.int64)
@@ -267,7 +267,7 @@ def encode_pairs(pairs: list[Pair], tokenizer, *, style: str = "benchmark", max_
   `benchmark`: the scored string `prompt + " " + reply` with the benchmark's scored span
   (evaluation/scoring.py: tokens from the first whose character end lies past the reply's
   start; special tokens as the tokenizer adds them, none for ours). `trl`: trl 0.19.1's
-  tokenization (`trl_tokenize_row`). A pair whose input (all tokens but the last) is longer
+  tokenization (`trl_tokenize`). A pair whose input (all tokens but the last) is longer
   than `max_len` (> 0) raises DataError naming its row, or with `on_error="skip"` is counted.
   """
   if style not in STYLES:

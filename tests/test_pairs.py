@@ -205,11 +205,13 @@ def test_benchmark_style_scores_what_the_benchmark_scores(tok):
 def test_trl_style_equals_trl_tokenize_row(tok):
   from benchmarks.dpo_throughput import import_trl
   trainer = import_trl().DPOTrainer
+  released = P.load_pairs(RELEASE + "huggingface_dpo_format.json", limit=300)
+  assert P.trl_tokenize(released, tok) == [trainer.tokenize_row(p.record(), tok, None, None, False) for p in released]
   enc = P.encode_pairs(SMALL, tok, style="trl")
-  for i, p in enumerate(SMALL):
+  for i, (p, ours) in enumerate(zip(SMALL, P.trl_tokenize(SMALL, tok))):
     ref = trainer.tokenize_row(p.record(), tok, max_prompt_length=None, max_completion_length=None,
                                add_special_tokens=False)
-    assert ref == P.trl_tokenize_row(p, tok)
+    assert ref == ours
     for side, key in ((enc.chosen, "chosen_input_ids"), (enc.rejected, "rejected_input_ids")):
       seq = ref["prompt_input_ids"] + ref[key]
       # trl's concatenated_forward: loss_mask = [0]*prompt + [1]*completion, labels and mask rolled by -1.
