@@ -25,6 +25,7 @@ MODES = {
     "export": "llamalogue.hf:run_export",
     "evaluate": "evaluation.run:run",
     "dpo": "rl.dpo:run",
+    "pairs": "rl.pairs:run",
 }
 
 # Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;
