@@ -1,4 +1,4 @@
-"""DPO training throughput in pairs/s: the baseline, trl 0.19.1's DPOTrainer (the study's trainer).
+"""DPO training throughput in pairs/s: our DPO step vs trl 0.19.1's DPOTrainer (the study's trainer).
 
 trl's `DPOTrainer` with `precompute_ref_log_probs=True` on a tiny random Llama of our `tiny`
 shape (4 layers, 256 wide, exported as a Hugging Face LlamaForCausalLM), fp32 on CPU; only the
@@ -8,7 +8,9 @@ trained on them (or `--tokenizer DIR`).
 
   python benchmarks/dpo_throughput.py [--batch_size=8] [--steps=6] [--pairs=data:communicative_baby/...]
 
-Last line: baseline=<pairs/s> unit=pairs/s (our side is not written yet).
+Ours: the jitted step of rl/dpo.py (policy forward + backward on chosen and rejected, AdamW,
+reference log-probs computed beforehand), on the same model, pairs (trl's tokenization) and
+batch, in the same process. Last line: ratio=<ours/trl> ours=<pairs/s> baseline=<pairs/s> unit=pairs/s.
 
 trl 0.19.1 does not import under transformers 5 as it is; `import_trl` applies the three
 smallest fixes that make it work, in this process only (see its docstring).
@@ -109,6 +111,49 @@ def trl_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps:
   return batch_size * len(timed) / sum(timed)
 
 
+def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps: int) -> float:
+  """Pairs/s of our DPO step (rl/dpo.py: policy forward + backward on chosen and rejected, cached reference).
+
+  The same model, pairs, batch and settings as the baseline; the reference log-probs are
+  computed once beforehand (as trl's precompute), only the steps are timed, the first
+  (compile) left out. Tokenization as trl's (`style="trl"`), so both sides see the same rows.
+  """
+  import jax
+  import ml_collections
+  import numpy as np
+  from llamalogue import hf, step
+  from rl import dpo, pairs as pairs_lib
+  model, _ = hf.load(str(hf_model_dir))
+  graphdef, params = step.split_model(model)
+  enc = pairs_lib.encode_pairs(list(pairs)[:batch_size * steps], tokenizer, style="trl")
+  length = max(enc.chosen.inputs.shape[1], enc.rejected.inputs.shape[1])
+  pad = lambda a: np.pad(a, ((0, 0), (0, length - a.shape[1])))
+  arrays = {}
+  for side in ("chosen", "rejected"):
+    s = getattr(enc, side)
+    arrays.update({f"{side}_inputs": pad(s.inputs), f"{side}_targets": pad(s.targets), f"{side}_mask": pad(s.loss_mask)})
+  ref = dpo.jit_reference_logps(graphdef, False)
+  refs = [ref(params, {k: v[i:i + batch_size] for k, v in arrays.items()}) for i in range(0, len(enc.rows), batch_size)]
+  arrays["ref_chosen"] = np.concatenate([np.asarray(c) for c, _ in refs])
+  arrays["ref_rejected"] = np.concatenate([np.asarray(r) for _, r in refs])
+  opt = ml_collections.ConfigDict(dict(lr=5e-6, warmup_steps=0, schedule="linear", min_lr_ratio=0.0, b1=0.9,
+                                       b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+  tx, _ = step.make_optimizer(opt, steps)
+  loss_fn = dpo.make_loss_fn(graphdef, beta=0.1, loss_type="sigmoid", label_smoothing=0.0)
+  train = jax.jit(lambda s, b: step.train_step(loss_fn, tx, s, b), donate_argnums=(0,))
+  state = step.init_state(params, tx)
+  durations = []
+  for i in range(steps):
+    batch = {k: v[i * batch_size:(i + 1) * batch_size][None] for k, v in arrays.items()}
+    batch["valid"] = np.ones((1, batch_size), np.float32)
+    t0 = time.perf_counter()
+    state, metrics = train(state, batch)
+    jax.block_until_ready(metrics)
+    durations.append(time.perf_counter() - t0)
+  timed = durations[1:]
+  return batch_size * len(timed) / sum(timed)
+
+
 def main(argv=None) -> float:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--pairs", default=DEFAULT_PAIRS, help="pairs file (rl.pairs.load_pairs spec)")
@@ -130,12 +175,15 @@ def main(argv=None) -> float:
       testing.make_tokenizer(tok_dir, texts, args.vocab)
     tokenizer = hf.load_tokenizer(tok_dir)
     model_dir = tiny_model_dir(pathlib.Path(tmp) / "model", tok_dir, len(tokenizer))
+    ours = ours_pairs_per_second(model_dir, tokenizer, pairs, args.batch_size, args.steps)
     rate = trl_pairs_per_second(model_dir, tokenizer, pairs, args.batch_size, args.steps)
+  print(f"ours (rl/dpo.py step, jax {__import__('jax').__version__}, {__import__('jax').default_backend()}): "
+        f"{ours:.2f} pairs/s")
   print(f"trl {import_trl().__version__} DPOTrainer, precompute_ref_log_probs=True: {rate:.2f} pairs/s "
         f"(tiny Llama 4x256, vocab {len(tokenizer)}, batch {args.batch_size}, {args.steps - 1} timed steps, "
         f"fp32 CPU, {torch.get_num_threads()} torch threads)")
-  print(f"baseline={rate:.3f} unit=pairs/s")
-  return rate
+  print(f"ratio={ours / rate:.3f} ours={ours:.3f} baseline={rate:.3f} unit=pairs/s")
+  return ours / rate
 
 
 if __name__ == "__main__":
