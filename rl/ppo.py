@@ -300,8 +300,8 @@ def ppo_update(graphdef: nnx.GraphDef, cfg: PPOConfig, tx: optax.GradientTransfo
   """
   masks = rollout["masks"].astype(jnp.float32)
   batch_size = masks.shape[0]
-  if batch_size % cfg.mini_batch_size:
-    raise ConfigError(f"config.ppo.mini_batch_size: {cfg.mini_batch_size} does not divide the batch of {batch_size}")
+  if batch_size != cfg.batch_size:
+    raise ConfigError(f"config.ppo.batch_size: {cfg.batch_size}, but the rollout holds {batch_size} rows")
   scores = rollout["scores"].astype(jnp.float32)
   kl_coef = state["kl_coef"]
   rewards, non_score = compute_rewards(scores, rollout["kls"], masks, kl_coef)
@@ -357,6 +357,7 @@ def ppo_update(graphdef: nnx.GraphDef, cfg: PPOConfig, tx: optax.GradientTransfo
 def jit_score_rollout(graphdef: nnx.GraphDef, cfg: PPOConfig, mesh=None, params_shardings=None,
                       ref_shardings=None):
   """`score_rollout(params, ref_params, tokens_BxL, masks_BxL) -> dict`, jitted (sharded when a mesh is given)."""
+  cfg.validate()
   fn = lambda params, ref_params, tokens, masks: score_rollout(graphdef, cfg, params, ref_params, tokens, masks)
   if mesh is None:
     return jax.jit(fn)

@@ -5,6 +5,7 @@
 0.8.6 wheel into torch, so the equivalence tests run without that (old) trl installed.
 """
 
+import functools
 import math
 
 import jax
@@ -261,12 +262,46 @@ def test_kl_controller_follows_trls_formula(adaptive):
   assert (float(coef) != float(jnp.float32(0.2))) == adaptive
 
 
+def test_bad_settings_name_the_config_key():
+  from llamalogue.errors import ConfigError
+  with pytest.raises(ConfigError, match="config.ppo.kl_penalty: 'kll'"):
+    ppo.PPOConfig(kl_penalty="kll").validate()
+  with pytest.raises(ConfigError, match="config.ppo.batch_size: 6 is not a multiple of mini_batch_size=4"):
+    ppo.PPOConfig(batch_size=6).validate()
+  with pytest.raises(ConfigError, match="config.ppo.value_dropout"):
+    ppo.PPOConfig(value_dropout=1.0).validate()
+  cfg = ppo.PPOConfig(batch_size=4, mini_batch_size=2)
+  _, graphdef, llama = _tiny_model(0)
+  tx = ppo.make_optimizer(cfg)
+  state = ppo.init_state(llama, _value_head(), tx, cfg)
+  rollout = {k: jnp.zeros((2, 5)) for k in ("masks", "logprobs", "ref_logprobs", "values", "kls")}
+  rollout.update(tokens=jnp.zeros((2, 5), jnp.int32), scores=jnp.zeros(2))
+  with pytest.raises(ConfigError, match="config.ppo.batch_size: 4, but the rollout holds 2 rows"):
+    jax.eval_shape(lambda s, r, k: ppo.ppo_update(graphdef, cfg, tx, s, r, k), state, rollout, jax.random.key(0))
+
+
 # ---------------------------------------------------------------------------- the model side
 
+@functools.lru_cache(maxsize=None)
+def _init(seed, cfg):
+  graphdef, state = nnx.split(M.Llama(cfg, rngs=nnx.Rngs(params=seed)))
+  return graphdef, jax.tree.map(np.asarray, M.pure_dict(state))
+
+
 def _tiny_model(seed=0, cfg=TINY):
-  model = M.Llama(cfg, rngs=nnx.Rngs(params=seed))
-  graphdef, state = nnx.split(model)
-  return model, graphdef, M.pure_dict(state)
+  """(model, graphdef, params): fresh device arrays each call (the update donates its state)."""
+  graphdef, params = _init(seed, cfg)
+  params = jax.tree.map(jnp.asarray, params)
+  return nnx.merge(graphdef, params), graphdef, params
+
+
+@functools.lru_cache(maxsize=None)
+def _value_head_np(hidden_size):
+  return jax.tree.map(np.asarray, ppo.init_value_head(hidden_size, jax.random.key(1)))
+
+
+def _value_head(hidden_size=TINY.hidden_size):
+  return jax.tree.map(jnp.asarray, _value_head_np(hidden_size))
 
 
 def _torch_policy(model, vh):
@@ -301,13 +336,14 @@ def _rollout_tokens(seed, lengths_q, lengths_r, length, vocab):
 
 def test_one_forward_matches_hf_llama_with_trl_value_head():
   model, graphdef, llama = _tiny_model(0)
-  vh = ppo.init_value_head(TINY.hidden_size, jax.random.key(1))
+  vh = _value_head()
   params = {"policy": llama, "value_head": vh}
   tokens, masks = _rollout_tokens(0, [2, 4, 3], [5, 2, 4], 8, TINY.vocab_size)
   torch_model, head = _torch_policy(model, vh)
   with torch.no_grad():
     want_lp, want_logits, want_v = _torch_forward(torch_model, head, tokens)
-  lp, v, ent = ppo.policy_outputs(graphdef, params, jnp.asarray(tokens))
+  forward = jax.jit(lambda p, t, key=None: ppo.policy_outputs(graphdef, p, t, key, 0.1))
+  lp, v, ent = forward(params, jnp.asarray(tokens))
   np.testing.assert_allclose(_np(lp)[:, 1:], want_lp.numpy(), atol=1e-5)
   np.testing.assert_allclose(_np(v)[:, 1:], want_v.numpy(), atol=1e-5)
   want_ent = (torch.logsumexp(want_logits, -1) - (F.softmax(want_logits, -1) * want_logits).sum(-1)).numpy()
@@ -320,14 +356,12 @@ def test_one_forward_matches_hf_llama_with_trl_value_head():
                                                             jnp.asarray(masks))
   np.testing.assert_allclose(_np(scored["logprobs"]), _np(lp) * masks, atol=1e-6)
   np.testing.assert_allclose(_np(scored["values"]), _np(v) * masks, atol=1e-6)
-  ref_lp, _, _ = ppo.policy_outputs(graphdef, {"policy": ref_llama, "value_head": vh}, jnp.asarray(tokens))
+  ref_lp, _, _ = forward({"policy": ref_llama, "value_head": vh}, jnp.asarray(tokens))
   np.testing.assert_allclose(_np(scored["kls"]), (_np(lp) - _np(ref_lp)) * masks, atol=1e-5)
 
   # Dropout (train mode) is keyed by its argument: same key, same values; another key, others.
   keys = jax.random.split(jax.random.key(2), 2)
-  a = _np(ppo.policy_outputs(graphdef, params, jnp.asarray(tokens), keys[0], 0.1)[1])
-  b = _np(ppo.policy_outputs(graphdef, params, jnp.asarray(tokens), keys[0], 0.1)[1])
-  c = _np(ppo.policy_outputs(graphdef, params, jnp.asarray(tokens), keys[1], 0.1)[1])
+  a, b, c = (_np(forward(params, jnp.asarray(tokens), key)[1]) for key in (keys[0], keys[0], keys[1]))
   assert np.array_equal(a, b) and not np.allclose(a, c) and not np.allclose(a, _np(v))
 
 
@@ -346,7 +380,7 @@ def test_gradients_flow_only_where_the_masks_say():
 
   # Through the model: padding tokens change neither the loss nor any gradient.
   _, graphdef, llama = _tiny_model(0)
-  params = {"policy": llama, "value_head": ppo.init_value_head(TINY.hidden_size, jax.random.key(1))}
+  params = {"policy": llama, "value_head": _value_head()}
   tokens, _ = _rollout_tokens(1, [2, 3], [3, 1], 7, TINY.vocab_size)
   other = np.where(np.arange(7) >= np.array([5, 4])[:, None], 17, tokens).astype(np.int32)
 
@@ -364,26 +398,37 @@ def test_gradients_flow_only_where_the_masks_say():
 
 # ---------------------------------------------------------------------------- the jitted update
 
-def test_ppo_update_equals_trl_step_in_torch():
-  """One `ppo_update` = trl 0.8.6 `PPOTrainer.step` on the same model in torch (Adam, no dropout)."""
-  cfg = ppo.PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=2, learning_rate=1e-3, value_dropout=0.0,
-                      init_kl_coef=0.3, cliprange=0.1, cliprange_value=0.05)
-  model, graphdef, llama = _tiny_model(0)
+UPDATE_CFG = ppo.PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=1e-3, value_dropout=0.0,
+                           init_kl_coef=0.3, cliprange=0.1, cliprange_value=0.05)
+
+
+@functools.lru_cache(maxsize=None)
+def _update_case():
+  """One single-device score_rollout + ppo_update on 8 right-padded rows, shared by the two tests below."""
+  cfg = UPDATE_CFG
+  _, graphdef, llama = _tiny_model(0)
   _, _, ref_llama = _tiny_model(3)
-  vh = ppo.init_value_head(TINY.hidden_size, jax.random.key(1))
-  tokens, masks = _rollout_tokens(2, [2, 3, 1, 4], [4, 2, 5, 3], 8, TINY.vocab_size)
-  scores = np.array([1.0, -0.5, 2.0, 0.3], np.float32)
+  tokens, masks = _rollout_tokens(2, [2, 3, 1, 4, 2, 2, 3, 1], [4, 2, 5, 3, 1, 5, 4, 6], 8, TINY.vocab_size)
+  scores = np.array([1.0, -0.5, 2.0, 0.3, 0.0, -1.5, 0.7, 1.2], np.float32)
   tx = ppo.make_optimizer(cfg)
-  state = ppo.init_state(llama, vh, tx, cfg)
+  state = ppo.init_state(llama, _value_head(), tx, cfg)
   rollout = dict(ppo.jit_score_rollout(graphdef, cfg)(state["params"], ref_llama, jnp.asarray(tokens),
                                                       jnp.asarray(masks)),
                  tokens=jnp.asarray(tokens), masks=jnp.asarray(masks), scores=jnp.asarray(scores))
-  torch_model, head = _torch_policy(model, vh)
-  ref_model, _ = _torch_policy(_tiny_model(3)[0], vh)
+  new_state, stats = ppo.jit_ppo_update(graphdef, cfg, tx)(state, rollout, jax.random.key(7))  # donates `state`
+  return jax.tree.map(np.asarray, (rollout, new_state, stats))
+
+
+def test_ppo_update_equals_trl_step_in_torch():
+  """One `ppo_update` = trl 0.8.6 `PPOTrainer.step` on the same model in torch (Adam, no dropout)."""
+  cfg = UPDATE_CFG
+  rollout, new_state, stats = _update_case()
+  tokens, masks, scores = rollout["tokens"], rollout["masks"], rollout["scores"]
+  model, graphdef, _ = _tiny_model(0)
   before = hf.to_tensors(model)
-  rng = jax.random.key(7)
-  order = _np(ppo.minibatch_order(jax.random.split(rng)[0], 4, 2, 2))
-  new_state, stats = ppo.jit_ppo_update(graphdef, cfg, tx)(state, rollout, rng)  # donates `state`
+  torch_model, head = _torch_policy(model, _value_head())
+  ref_model, _ = _torch_policy(_tiny_model(3)[0], _value_head())
+  order = _np(ppo.minibatch_order(jax.random.split(jax.random.key(7))[0], 8, 4, 2))
 
   # trl, step by step, in torch.
   trl = Trl086(cfg, cfg.init_kl_coef)
@@ -412,42 +457,48 @@ def test_ppo_update_equals_trl_step_in_torch():
   for key in all_stats[0]:
     want = float(torch.stack([s[key] for s in all_stats]).mean())
     assert float(stats[key]) == pytest.approx(want, rel=2e-3, abs=2e-5), key
+  assert float(stats["ppo/policy/clipfrac"]) > 0 and float(stats["ppo/val/clipfrac"]) > 0  # both clips active
   trl.kl_update(mean_kl, cfg.batch_size)
   assert float(new_state["kl_coef"]) == pytest.approx(trl.kl_value, rel=1e-6)
   assert int(new_state["step"]) == 1 and bool(stats["finite"])
 
   moved = 0.0
-  ours = hf.to_tensors(nnx.merge(graphdef, new_state["params"]["policy"]))
+  ours = hf.to_tensors(nnx.merge(graphdef, jax.tree.map(jnp.asarray, new_state["params"]["policy"])))
   theirs = dict(torch_model.named_parameters())
   for name, value in ours.items():
     np.testing.assert_allclose(value, theirs[name].detach().numpy(), atol=2e-5, err_msg=name)
     moved = max(moved, float(np.abs(value - before[name]).max()))
-  assert moved > 1e-3  # lr 1e-3, 4 Adam steps: every matched tensor moved by about that much
-  np.testing.assert_allclose(_np(new_state["params"]["value_head"]["summary"]["kernel"])[:, 0],
+  assert moved > 1e-3  # lr 1e-3, 4 Adam steps: the parameters moved by about that much
+  np.testing.assert_allclose(new_state["params"]["value_head"]["summary"]["kernel"][:, 0],
                              head.weight.detach().numpy()[0], atol=2e-5)
+  np.testing.assert_allclose(new_state["params"]["value_head"]["summary"]["bias"], head.bias.detach().numpy(),
+                             atol=2e-5)
 
 
 def test_update_on_8_devices_equals_1_device():
-  cfg = ppo.PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=1e-3)
+  """score_rollout and ppo_update sharded over a (data 4, fsdp 2) mesh give the single-device numbers."""
+  cfg = UPDATE_CFG
+  rollout, one, one_stats = _update_case()
   _, graphdef, llama = _tiny_model(0)
   _, _, ref_llama = _tiny_model(3)
   tx = ppo.make_optimizer(cfg)
-  state = ppo.init_state(llama, ppo.init_value_head(TINY.hidden_size, jax.random.key(1)), tx, cfg)
-  tokens, masks = _rollout_tokens(5, [2, 3, 1, 4, 2, 2, 3, 1], [4, 2, 5, 3, 1, 5, 4, 6], 8, TINY.vocab_size)
-  rollout = dict(ppo.jit_score_rollout(graphdef, cfg)(state["params"], ref_llama, jnp.asarray(tokens),
-                                                      jnp.asarray(masks)),
-                 tokens=jnp.asarray(tokens), masks=jnp.asarray(masks),
-                 scores=jnp.asarray(np.linspace(-1, 1, 8, dtype=np.float32)))
-  one, one_stats = ppo.jit_ppo_update(graphdef, cfg, tx)(jax.tree.map(jnp.copy, state), rollout, jax.random.key(3))
-
+  state = ppo.init_state(llama, _value_head(), tx, cfg)
   mesh = sharding.make_mesh(data=4, fsdp=2)
-  shardings = sharding.tree_shardings(state, mesh)
+  shardings, ref_shardings = sharding.tree_shardings(state, mesh), sharding.tree_shardings(ref_llama, mesh)
+  batch = sharding.batch_sharding(mesh)
+  state = sharding.shard(state, shardings)
+  tokens, masks = sharding.shard(rollout["tokens"], batch), sharding.shard(rollout["masks"], batch)
+  score = ppo.jit_score_rollout(graphdef, cfg, mesh, shardings["params"], ref_shardings)
+  scored = score(state["params"], sharding.shard(ref_llama, ref_shardings), tokens, masks)
+  for key, value in scored.items():
+    np.testing.assert_allclose(_np(value), rollout[key], atol=1e-6, err_msg=key)
   update = ppo.jit_ppo_update(graphdef, cfg, tx, mesh=mesh, state_shardings=shardings)
-  many, many_stats = update(sharding.shard(state, shardings),
-                            sharding.shard(rollout, sharding.batch_sharding(mesh)), jax.random.key(3))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(_np(a), _np(b), atol=1e-5), one, many)
+  many, many_stats = update(state, dict(scored, tokens=tokens, masks=masks,
+                                        scores=sharding.shard(rollout["scores"], batch)), jax.random.key(7))
+  assert many["params"]["policy"]["embed_tokens"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(_np(a), b, atol=1e-5), many, one)
   for key in one_stats:
-    np.testing.assert_allclose(_np(one_stats[key]), _np(many_stats[key]), rtol=1e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(_np(many_stats[key]), one_stats[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 def test_ppo_raises_reward_of_a_tiny_model():
@@ -461,7 +512,7 @@ def test_ppo_raises_reward_of_a_tiny_model():
   _, graphdef, llama = _tiny_model(0, cfg_model)
   cfg = ppo.PPOConfig(batch_size=16, mini_batch_size=4, ppo_epochs=4, learning_rate=1e-2, init_kl_coef=0.02)
   tx = ppo.make_optimizer(cfg)
-  state = ppo.init_state(llama, ppo.init_value_head(32, jax.random.key(1)), tx, cfg)
+  state = ppo.init_state(llama, _value_head(32), tx, cfg)
   ref_llama = jax.tree.map(jnp.copy, llama)
   target, prompt_len, reply_len = 5, 3, 6
 
