@@ -17,10 +17,10 @@ tokens that count (trl's `masks` with `response_masks`); trl's `[B, L-1]` arrays
 `[:, 1:]`. The policy is `{'policy': Llama params, 'value_head': ValueHead params}`; the frozen
 reference is the same Llama graphdef with other params.
 
-Not carried over from trl 0.8.6 (all off by default there): score scaling / normalisation /
-clipping, `whiten_rewards` is kept, `early_stopping`, gradient accumulation inside a
-mini-batch. `ratio_threshold` (default 10) is kept: a mini-batch whose mean ratio exceeds it
-gets a zero loss (Adam still steps, as in trl).
+Kept from trl 0.8.6: `whiten_rewards`, `max_grad_norm`, `ratio_threshold` (default 10: a
+mini-batch whose mean ratio exceeds it gets a zero loss; Adam still steps, as in trl). Not
+carried over (all off by default there): score scaling / normalisation / clipping,
+`early_stopping`, gradient accumulation inside a mini-batch.
 """
 
 import dataclasses
@@ -219,7 +219,8 @@ def ppo_loss(old_logprobs, values, logprobs, vpreds, entropy, masks, advantages,
   pg_loss = masked_mean(jnp.maximum(pg_losses, pg_losses2), masks)
   pg_clipfrac = masked_mean((pg_losses2 > pg_losses).astype(jnp.float32), masks)
 
-  keep = (masked_mean(jax.lax.stop_gradient(ratio), masks) <= cfg.ratio_threshold).astype(jnp.float32)
+  skip = masked_mean(jax.lax.stop_gradient(ratio), masks) > cfg.ratio_threshold
+  keep = 1.0 - skip.astype(jnp.float32)
   pg_loss, vf_loss = pg_loss * keep, vf_loss * keep
   loss = pg_loss + cfg.vf_coef * vf_loss
 
