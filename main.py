@@ -26,11 +26,12 @@ MODES = {
     "evaluate": "evaluation.run:run",
     "dpo": "rl.dpo:run",
     "pairs": "rl.pairs:run",
+    "ppo": "rl.ppo_run:run",
 }
 
 # Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;
 # a few % slower compiles, 6-12% faster steps on CPU). Evaluation is mostly compiles: left alone.
-TRAINING_MODES = {"pretrain", "dpo"}
+TRAINING_MODES = {"pretrain", "dpo", "ppo"}
 
 
 def _fail(message: str) -> None:

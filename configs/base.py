@@ -138,3 +138,82 @@ def dpo(pairs: str, tiny: bool = False) -> ml_collections.ConfigDict:
     c.optimizer.lr = 1e-4
     c.eval.max_items_per_task = 40
   return c
+
+
+def ppo(reward: str, tiny: bool = False) -> ml_collections.ConfigDict:
+  """The study's PPO run (STUDY.md §6, trl 0.8.6) with `reward`; `tiny`: offline on CPU, a few steps."""
+  c = ml_collections.ConfigDict()
+  c.mode = "ppo"
+  c.seed = 42
+  c.init_from = ""                # our pre-training run or checkpoint, a HF directory, or hf:<repo id>
+  c.prompts = ""                  # mother turns: "" = held-out split B of the base's data; a file or data dir
+  c.max_prompts = 0               # 0 = every turn
+  c.response = "reply"            # reply: the parsed child reply, re-encoded | raw: the sampled tokens as they are
+  c.on_nan_reward = "error"       # error: stop naming the reply | zero: count it and use 0
+  c.on_empty_batch = "skip"       # skip: a batch with no parsed reply leaves the state unchanged (counted) | error
+  c.model = ml_collections.ConfigDict()
+  c.model.dtype = "auto"
+  c.mesh = mesh()
+
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.max_new_tokens = 20
+  c.rollout.temperature = 1.0
+  c.rollout.top_p = 0.9
+  c.rollout.top_k = 0
+
+  c.ppo = ml_collections.ConfigDict()   # rl/ppo.py PPOConfig (trl 0.8.6 names and defaults)
+  c.ppo.batch_size = 16
+  c.ppo.mini_batch_size = 4
+  c.ppo.ppo_epochs = 4
+  c.ppo.learning_rate = 1.41e-5
+  c.ppo.adap_kl_ctrl = True
+  c.ppo.init_kl_coef = 0.2
+  c.ppo.kl_penalty = "kl"         # kl | abs | mse | full
+  c.ppo.target = 6.0
+  c.ppo.horizon = 10_000.0
+  c.ppo.gamma = 1.0
+  c.ppo.lam = 0.95
+  c.ppo.cliprange = 0.2
+  c.ppo.cliprange_value = 0.2
+  c.ppo.vf_coef = 0.1
+
+  c.reward = ml_collections.ConfigDict()  # rl/rewards.py default_config()
+  c.reward.name = reward
+  c.reward.replies = ""           # teacher-reply cache; "" = generate for the prompts into DIR/teacher_replies
+  c.reward.reference_index = 0
+  c.reward.teacher = "smollm2"    # the study: hf:meta-llama/Llama-3.2-3B
+  c.reward.judge = "smollm2"      # the study: hf:allenai/OLMo-2-1124-7B-Instruct (PyTorch)
+  c.reward.embedder = "minilm"
+  c.reward.cache_dir = ""
+  c.reward.dtype = "float32"
+  c.reward.on_missing = "error"
+  c.reward.replies_settings = ml_collections.ConfigDict(dict(n=10, temperature=0.8, top_p=0.8, max_new_tokens=20))
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 1
+  c.train.max_steps = 0           # 0: epochs x prompts // batch_size
+  c.train.log_every = 1
+  c.train.log_samples_every = 10
+  c.train.eval_every = 0
+  c.train.checkpoint_every = 100
+  c.train.keep_latest = 2
+  c.train.peak_flops = 0.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tasks = "dialogue_word,dialogue_token,zorro"
+  c.eval.max_items_per_task = 0
+  c.eval.convention = "study"
+  if reward == "confidence":      # the study's confidence run
+    c.ppo.mini_batch_size = 2
+    c.ppo.learning_rate = 5e-6
+    c.ppo.kl_penalty = "abs"
+    c.ppo.init_kl_coef = 0.02
+  if tiny:
+    c.max_prompts = 32
+    c.train.max_steps = 4
+    c.train.checkpoint_every = 2
+    c.train.log_samples_every = 2
+    c.reward.replies_settings.n = 4
+    c.reward.replies_settings.max_new_tokens = 12
+    c.eval.max_items_per_task = 40
+  return c

@@ -268,3 +268,21 @@ def run(config, workdir: str) -> None:
   plot_tasks = [t for t in report.TRAJ_TASKS if t in settings["tasks"]] or settings["tasks"][:3]
   report.plot_trajectory(rows, plot_tasks, out / "trajectory.png")
   print(f"evaluate: trajectory of {len(rows)} checkpoints -> {out / 'trajectory.md'}")
+
+
+def evaluate_against_base(base: str, run_dir, eval_cfg, heldout_pairs: str = "") -> dict:
+  """A fine-tuning run's end: evaluate the base and the run (`eval_cfg`: tasks, max_items_per_task,
+  convention) and write RUN/eval/comparison.md; `heldout_pairs` adds our held-out dialogue pairs."""
+  from configs import evaluate as evaluate_config
+  ec = evaluate_config.get_config()
+  ec.init_from = base
+  ec.compare_to = str(pathlib.Path(run_dir).resolve())
+  tasks = eval_cfg.tasks
+  if heldout_pairs:
+    ec.heldout_pairs = heldout_pairs
+    tasks = tasks if "dialogue_heldout" in tasks else tasks + ",dialogue_heldout"
+  ec.tasks = tasks
+  ec.max_items_per_task = eval_cfg.max_items_per_task
+  ec.convention = eval_cfg.convention
+  run(ec, str(run_dir))
+  return {"comparison": str(pathlib.Path(run_dir) / "eval" / "comparison.md"), "tasks": tasks}

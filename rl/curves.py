@@ -62,3 +62,46 @@ def plot_dpo(rows: list[dict], out_png: str | pathlib.Path, references: dict | N
   plt.close(fig)
   tmp.replace(out_png)
   return out_png
+
+
+def _ppo_reference(spec: str) -> list[float]:
+  """Average rewards per batch of a study PPO log (`epoch,batch,avg_reward`, header optional)."""
+  try:
+    path = paths.resolve(spec, "reference curve")
+  except Exception:
+    return []
+  out = []
+  with open(path, newline="") as f:
+    for row in csv.reader(f):
+      try:
+        out.append(float(row[-1]))
+      except (ValueError, IndexError):
+        continue
+  return out
+
+
+def plot_ppo(runs: dict[str, list[dict]], out_png: str | pathlib.Path) -> pathlib.Path:
+  """Mean reward per step of our PPO run(s), each beside the study's logged reward for the same reward."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+  for ax, (name, rows) in zip(axes[0], runs.items()):
+    pts = [(r["step"], r["env/reward_mean"]) for r in rows if "env/reward_mean" in r]
+    if pts:
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], label="llamalogue (ours)", lw=1.6)
+    ref = _ppo_reference(PPO_REFERENCE[name]) if name in PPO_REFERENCE else []
+    if ref:
+      ax.plot(range(1, len(ref) + 1), ref, "--", lw=1.2, label="study (its logged batches)")
+    ax.set_title(f"PPO reward: {name}")
+    ax.set_xlabel("step (batch of 16)")
+    ax.set_ylabel("mean reward")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  out_png = pathlib.Path(out_png)
+  tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  tmp.replace(out_png)
+  return out_png

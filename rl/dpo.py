@@ -306,31 +306,12 @@ def run(config, workdir: str) -> dict:
                              tokenizer_dir=tok_dir)
   summary["pairs"] = data_info
   if config.eval.tasks:
-    summary["evaluation"] = evaluate_against_base(config, workdir, heldout)
+    from evaluation.run import evaluate_against_base
+    summary["evaluation"] = evaluate_against_base(config.init_from, workdir, config.eval, heldout)
   if jax.process_index() == 0:
     atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
     plot_curves(workdir)
   return summary
-
-
-def evaluate_against_base(config, workdir, heldout_pairs: str = "") -> dict:
-  """Evaluates the base (`init_from`) and this run on `config.eval` and writes DIR/eval/comparison.md."""
-  import pathlib
-  from configs import evaluate as evaluate_config
-  from evaluation import run as eval_run
-  ec = evaluate_config.get_config()
-  ec.init_from = config.init_from
-  ec.compare_to = str(pathlib.Path(workdir).resolve())
-  tasks = config.eval.tasks
-  if heldout_pairs:
-    ec.heldout_pairs = heldout_pairs
-    tasks = tasks + ",dialogue_heldout" if "dialogue_heldout" not in tasks else tasks
-  ec.tasks = tasks
-  ec.max_items_per_task = config.eval.max_items_per_task
-  ec.convention = config.eval.convention
-  eval_run.run(ec, str(workdir))
-  out = pathlib.Path(workdir) / "eval" / "comparison.md"
-  return {"comparison": str(out), "tasks": tasks}
 
 
 def plot_curves(workdir) -> None:
