@@ -24,6 +24,7 @@ MODES = {
     "pretrain": "llamalogue.train:run",
     "export": "llamalogue.hf:run_export",
     "evaluate": "evaluation.run:run",
+    "sample": "llamalogue.sampling:run",
 }
 
 # Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;

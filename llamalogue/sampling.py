@@ -19,9 +19,11 @@ model (temperature 1, unfiltered), which PPO needs.
 `generate(model, tokenizer, prompts, ...)` tokenizes (the tokenizer's own special tokens,
 so a BOS only where the tokenizer adds one), batches, decodes and cuts each text exactly
 at the first stop string: a plain `str` (e.g. "\\n") or a compiled regex (`SPEAKER_TAG`
-matches the next speaker's tag `*MOT:`). Inside the loop a row stops at EOS or at a
-token whose own text contains a stop; a stop spread over several tokens (`*` `MOT` `:`)
-is cut on the host (exactly) but does not end the loop early.
+matches the next speaker's tag `*MOT:`). Inside the loop a row stops at EOS, at a token
+whose own text contains a stop, or at the token sequences a plain stop string encodes to
+(`*MOT:` as ` *` `MOT` `:`). A regex match spread over several tokens is cut on the host
+(exactly) but does not end the loop early: `speaker_stops(prompts)` adds the tags the
+prompts use as plain strings, so the usual next tags also end it.
 """
 
 import dataclasses
@@ -99,12 +101,15 @@ def choose(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_p: 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p", "top_k",
                                              "greedy", "eos_id", "pad_id"))
 def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_len_B: jax.Array,
-                  rng: jax.Array, stop_V: jax.Array | None = None, *, max_new_tokens: int,
+                  rng: jax.Array, stop_V: jax.Array | None = None, stop_seqs_NxM: jax.Array | None = None,
+                  *, max_new_tokens: int,
                   temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
                   eos_id: int = -1, pad_id: int = 0) -> dict:
   """Samples up to `max_new_tokens` tokens after each left-padded prompt.
 
-  `stop_V` (optional bool `[V]`): tokens that end a row like EOS. Returns a dict of
+  `stop_V` (optional bool `[V]`): tokens that end a row like EOS. `stop_seqs_NxM`
+  (optional int32): token sequences that end a row when its latest generated tokens equal
+  one, right-aligned, left-filled with -1 (`stop_sequences`). Returns a dict of
   `tokens` `[B, T]` int32 (`pad_id` after a row's end), `logprobs` `[B, T]` (sampling
   distribution), `model_logprobs` `[B, T]` (the model's, temperature 1), both 0 after a
   row's end, `lengths` `[B]` (tokens generated, the EOS or stop token included) and
@@ -127,8 +132,13 @@ def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_
     ends_B = token_B == eos_id
     if stop_V is not None:
       ends_B = ends_B | stop_V[token_B]
+    recent_BxM = state["recent"]
+    if stop_seqs_NxM is not None:
+      recent_BxM = jnp.concatenate([recent_BxM[:, 1:], token_B[:, None]], axis=1)
+      hit_BxN = jnp.all((stop_seqs_NxM[None] < 0) | (stop_seqs_NxM[None] == recent_BxM[:, None, :]), axis=-1)
+      ends_B = ends_B | jnp.any(hit_BxN, axis=-1)
     column = lambda a, x: jax.lax.dynamic_update_slice(a, x[:, None], (0, t))
-    return dict(state, t=t + 1, token=token_B,
+    return dict(state, t=t + 1, token=token_B, recent=recent_BxM,
                 tokens=column(state["tokens"], token_B),
                 logprobs=column(state["logprobs"], jnp.where(live_B, lp_B, 0.0)),
                 model_logprobs=column(state["model_logprobs"], jnp.where(live_B, mlp_B, 0.0)),
@@ -142,7 +152,8 @@ def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_
   zeros = jnp.zeros((b, t_max), jnp.float32)
   state = dict(t=jnp.zeros((), jnp.int32), token=jnp.zeros((b,), jnp.int32), cache=cache,
                tokens=jnp.full((b, t_max), pad_id, jnp.int32), logprobs=zeros, model_logprobs=zeros,
-               lengths=jnp.zeros((b,), jnp.int32), finished=jnp.zeros((b,), bool))
+               lengths=jnp.zeros((b,), jnp.int32), finished=jnp.zeros((b,), bool),
+               recent=jnp.full((b, 1 if stop_seqs_NxM is None else stop_seqs_NxM.shape[1]), -2, jnp.int32))
   state = record(state, model.logits(h_BxPxD[:, -1]))
   state = jax.lax.while_loop(lambda s: (s["t"] < t_max) & ~jnp.all(s["finished"]), step, state)
   return {k: state[k] for k in ("tokens", "logprobs", "model_logprobs", "lengths", "finished")}
@@ -154,8 +165,9 @@ def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_
 class Generation:
   """One continuation. `token_ids`/`logprobs`/`model_logprobs` cover every generated token
   (EOS or stop token included); `text` is their text cut at the first stop string and
-  `num_tokens` the fewest leading tokens whose text covers it (a token straddling the cut
-  counts). `finish` is "eos", "stop" (a stop string in the text) or "length"."""
+  `num_tokens` the leading tokens whose text lies within it (a token straddling the cut,
+  such as ` *` before `MOT:`, is not counted). `finish` is "eos", "stop" (a stop string
+  in the text) or "length"."""
   prompt: str
   text: str
   num_tokens: int
@@ -194,13 +206,37 @@ def stop_vocab(tokenizer, stop: Sequence[str | re.Pattern], vocab_size: int) -> 
   return _STOP_VOCAB[key]
 
 
+def stop_sequences(tokenizer, stop: Sequence[str | re.Pattern]) -> np.ndarray | None:
+  """int32 `[N, M]`: the token sequences the plain stop strings encode to (alone and after a
+  space), right-aligned and left-filled with -1; None if there are none."""
+  seqs = set()
+  for s in stop:
+    if isinstance(s, str) and s:
+      for text in (s, " " + s):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids and s in tokenizer.decode(ids):
+          seqs.add(tuple(ids))
+  if not seqs:
+    return None
+  m = max(len(q) for q in seqs)
+  return np.array([(-1,) * (m - len(q)) + q for q in sorted(seqs)], np.int32)
+
+
+def speaker_stops(prompts: Sequence[str]) -> tuple:
+  """Stops for dialogue: any speaker tag (`SPEAKER_TAG`), plus the tags the prompts use as
+  plain strings, so that the usual next tag also ends the decode loop early."""
+  return (SPEAKER_TAG,) + tuple(sorted({m.group(0) for p in prompts for m in SPEAKER_TAG.finditer(p)}))
+
+
 def _cut(tokenizer, ids: list[int], stop, finished: bool, eos_id: int) -> tuple[str, int, str]:
-  """(text cut at the first stop, tokens covering it, finish reason)."""
+  """(text cut at the first stop, the leading tokens within it, finish reason)."""
   full = tokenizer.decode(ids, skip_special_tokens=True)
   cut = first_stop(full, stop)
   if cut == len(full):
     return full, len(ids), ("eos" if finished and ids and ids[-1] == eos_id else "stop" if finished else "length")
-  n = next(n for n in range(len(ids) + 1) if len(tokenizer.decode(ids[:n], skip_special_tokens=True)) >= cut)
+  n = 0
+  while n < len(ids) and len(tokenizer.decode(ids[:n + 1], skip_special_tokens=True)) <= cut:
+    n += 1
   return full[:cut], n, "stop"
 
 
@@ -236,6 +272,8 @@ def generate(model_or_params, tokenizer, prompts: Sequence[str], *, rng, max_new
       raise DataError(f"prompt {i}: {len(row)} tokens + max_new_tokens={max_new_tokens} exceed the model's "
                       f"max_seq_len {cfg.max_seq_len}")
   stop_V = jnp.asarray(stop_vocab(tokenizer, stop, cfg.vocab_size)) if stop else None
+  stop_seqs = stop_sequences(tokenizer, stop)
+  stop_seqs = None if stop_seqs is None else jnp.asarray(stop_seqs)
   settings = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
                   top_k=int(top_k), greedy=bool(greedy), eos_id=eos_id, pad_id=int(pad_id))
   order = np.argsort([len(r) for r in ids], kind="stable")
@@ -248,7 +286,8 @@ def generate(model_or_params, tokenizer, prompts: Sequence[str], *, rng, max_new
     for b, r in enumerate(rows):
       prompt_BxP[b, p - len(ids[r]):], prompt_len_B[b] = ids[r], len(ids[r])
     res = jax.device_get(sample_tokens(params, graphdef, jnp.asarray(prompt_BxP), jnp.asarray(prompt_len_B),
-                                       jax.random.fold_in(rng, n), stop_V, **settings))
+                                       jax.random.fold_in(rng, n), stop_V, stop_seqs,
+                                       **settings))
     for b, r in enumerate(rows):
       length = int(res["lengths"][b])
       tok = res["tokens"][b, :length].tolist()
@@ -261,9 +300,9 @@ def generate(model_or_params, tokenizer, prompts: Sequence[str], *, rng, max_new
 # ---------------------------------------------------------------------------- `sample` mode
 
 def parse_stop(config: Any) -> tuple:
-  """Stop strings from a config: `stop` (comma-separated, Python escapes such as \\n) and the speaker tag."""
+  """Stop strings from a config: `stop` (comma-separated, Python escapes such as \\n) and the speaker tags."""
   plain = [s.encode().decode("unicode_escape") for s in str(config.stop).split(",") if s]
-  return tuple(plain) + ((SPEAKER_TAG,) if config.stop_at_speaker_tag else ())
+  return tuple(plain) + (speaker_stops([config.prompt]) if config.stop_at_speaker_tag else ())
 
 
 def run(config: Any, workdir: str) -> None:
