@@ -7,8 +7,9 @@ holds row b's tokens); padding slots get position -1 and are never attended to, 
 of different lengths decode exactly as they would alone. The prefill and every decode
 step are the model's one cached forward (`Llama(tokens, positions, cache)`); the decode
 loop is one `lax.while_loop` that ends when every row has finished (EOS, a stop token)
-or after `max_new_tokens`. One compile per (batch, prompt length, max_new_tokens, settings):
-`generate` pads prompt lengths to buckets (`evaluation.scoring.bucket_len`, multiples of 16).
+or after `max_new_tokens`. One compile per (batch, prompt length, max_new_tokens): the
+settings are traced scalars, and `generate` pads prompt lengths to buckets
+(`evaluation.scoring.bucket_len`, multiples of 16).
 
 Sampling follows Hugging Face's warpers, in their order: temperature, top-k (keep the k
 highest), top-p (keep the smallest set of most likely tokens whose mass reaches top_p).
@@ -45,67 +46,78 @@ SPEAKER_TAG = re.compile(r"\*[A-Z]{3}:")
 
 # ---------------------------------------------------------------------------- one step's choice
 
-def top_p_keep(z_BxV: jax.Array, top_p: float) -> jax.Array:
+def _threshold(key_BxV: jax.Array, lo_Bx1: jax.Array, hi_Bx1: jax.Array, too_many) -> jax.Array:
+  """The smallest integer t in (lo, hi] with `not too_many(t)`, by 32 halvings (exact for int32 keys).
+
+  `too_many` must be monotone (true at lo, false at hi); keep `key >= t` after it.
+  """
+  def halve(_, lo_hi):
+    lo, hi = lo_hi
+    mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)          # floor((lo + hi) / 2) without int32 overflow
+    more = too_many(mid)
+    return jnp.where(more, mid, lo), jnp.where(more, hi, mid)
+
+  return jax.lax.fori_loop(0, 32, halve, (lo_Bx1, hi_Bx1))[1]
+
+
+def top_k_keep(z_BxV: jax.Array, top_k: jax.Array) -> jax.Array:
+  """HF's top-k mask without a sort: keep every token at least as likely as the k-th (ties kept)."""
+  bits_BxV = jax.lax.bitcast_convert_type(z_BxV, jnp.int32)
+  key_BxV = jnp.where(bits_BxV >= 0, bits_BxV, bits_BxV ^ 0x7FFFFFFF)   # int32 keys in the floats' order
+  count_above = lambda t: jnp.sum(key_BxV > t, axis=-1, keepdims=True) >= top_k
+  lo = jnp.min(key_BxV, axis=-1, keepdims=True) - 1
+  return key_BxV >= _threshold(key_BxV, lo, jnp.max(key_BxV, axis=-1, keepdims=True), count_above)
+
+
+def top_p_keep(z_BxV: jax.Array, top_p: jax.Array) -> jax.Array:
   """HF's top-p mask without a sort: keep token i iff the mass of the tokens more likely than it is < top_p.
 
-  The threshold is found by bisection on the float bits of the probabilities (positive
-  floats order like their bit patterns), 31 halvings: exact, ties kept together.
+  The threshold on the probabilities' float bits (positive floats order like their bit
+  patterns) is found by bisection: exact, tied tokens kept together.
   """
   p_BxV = jax.nn.softmax(z_BxV, axis=-1)
   bits_BxV = jax.lax.bitcast_convert_type(p_BxV, jnp.int32)
-
-  def above(t_Bx1):  # mass of the tokens whose probability is above t
-    return jnp.sum(jnp.where(bits_BxV > t_Bx1, p_BxV, 0.0), axis=-1, keepdims=True)
-
-  def halve(_, lo_hi):  # invariant: above(lo) >= top_p > above(hi)
-    lo, hi = lo_hi
-    mid = lo + (hi - lo) // 2
-    ok = above(mid) < top_p
-    return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
-
+  mass_above = lambda t: jnp.sum(jnp.where(bits_BxV > t, p_BxV, 0.0), axis=-1, keepdims=True) >= top_p
   lo = jnp.full((z_BxV.shape[0], 1), -1, jnp.int32)
-  hi = jnp.max(bits_BxV, axis=-1, keepdims=True)
-  _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
-  return bits_BxV >= hi
+  return bits_BxV >= _threshold(bits_BxV, lo, jnp.max(bits_BxV, axis=-1, keepdims=True), mass_above)
 
 
-def choose(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_p: float, top_k: int,
-           greedy: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One token per row: `(token_B, sampling log-prob_B, model log-prob_B)` from float32 logits."""
-  model_lp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-  if greedy:
-    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    picked = jnp.take_along_axis(model_lp_BxV, token_B[:, None], axis=-1)[:, 0]
-    return token_B, jnp.zeros_like(picked), picked
-  z_BxV = logits_BxV / temperature if temperature != 1.0 else logits_BxV
-  if top_k:
-    z_BxK, ids_BxK = jax.lax.top_k(z_BxV, min(top_k, z_BxV.shape[-1]))
-    if top_p < 1.0:
-      p_BxK = jax.nn.softmax(z_BxK, axis=-1)
-      z_BxK = jnp.where(jnp.cumsum(p_BxK, axis=-1) - p_BxK < top_p, z_BxK, -jnp.inf)
-    lp_BxK = jax.nn.log_softmax(z_BxK, axis=-1)
-    j_B = jax.random.categorical(key, lp_BxK)
-    token_B = jnp.take_along_axis(ids_BxK, j_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    lp_B = jnp.take_along_axis(lp_BxK, j_B[:, None], axis=-1)[:, 0]
-  else:
-    if top_p < 1.0:
-      z_BxV = jnp.where(top_p_keep(z_BxV, top_p), z_BxV, -jnp.inf)
+def choose(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array,
+           greedy: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One token per row: `(token_B, sampling log-prob_B, model log-prob_B)` from float32 logits.
+
+  The settings are traced scalars (one compiled program for all of them); a filter that
+  keeps everything (top_k 0, top_p 1) is skipped at run time.
+  """
+  everything = lambda: jnp.ones(logits_BxV.shape, bool)
+
+  def sample():
+    z_BxV = logits_BxV / temperature
+    z_BxV = jnp.where(jax.lax.cond(top_k > 0, lambda: top_k_keep(z_BxV, top_k), everything), z_BxV, -jnp.inf)
+    z_BxV = jnp.where(jax.lax.cond(top_p < 1, lambda: top_p_keep(z_BxV, top_p), everything), z_BxV, -jnp.inf)
     lp_BxV = jax.nn.log_softmax(z_BxV, axis=-1)
     token_B = jax.random.categorical(key, lp_BxV).astype(jnp.int32)
-    lp_B = jnp.take_along_axis(lp_BxV, token_B[:, None], axis=-1)[:, 0]
-  return token_B, lp_B, jnp.take_along_axis(model_lp_BxV, token_B[:, None], axis=-1)[:, 0]
+    return token_B, jnp.take_along_axis(lp_BxV, token_B[:, None], axis=-1)[:, 0]
+
+  def argmax():
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32), jnp.zeros(logits_BxV.shape[:1], jnp.float32)
+
+  token_B, lp_B = jax.lax.cond(greedy, argmax, sample)
+  model_lp_B = jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits_BxV, -1)
+  return token_B, lp_B, model_lp_B
 
 
 # ---------------------------------------------------------------------------- the decode loop
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p", "top_k",
-                                             "greedy", "eos_id", "pad_id"))
 def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_len_B: jax.Array,
                   rng: jax.Array, stop_V: jax.Array | None = None, stop_seqs_NxM: jax.Array | None = None,
-                  *, max_new_tokens: int,
-                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
-                  eos_id: int = -1, pad_id: int = 0) -> dict:
-  """Samples up to `max_new_tokens` tokens after each left-padded prompt.
+                  *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  greedy: bool = False, eos_id: int = -1, pad_id: int = 0) -> dict:
+  """Samples up to `max_new_tokens` tokens after each left-padded prompt (jitted).
+
+  One compile per (graphdef, batch, prompt length, max_new_tokens, which stop arrays are
+  given): the settings temperature, top_p, top_k, greedy, eos_id (-1: none) and pad_id
+  are traced scalars, so changing them (or the params, prompts, key) does not recompile.
 
   `stop_V` (optional bool `[V]`): tokens that end a row like EOS. `stop_seqs_NxM`
   (optional int32): token sequences that end a row when its latest generated tokens equal
@@ -115,27 +127,37 @@ def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_
   row's end, `lengths` `[B]` (tokens generated, the EOS or stop token included) and
   `finished` `[B]` (ended by EOS or a stop token, not by the length limit).
   """
+  settings = dict(temperature=jnp.float32(temperature), top_p=jnp.float32(top_p), top_k=jnp.int32(top_k),
+                  greedy=jnp.bool_(greedy), eos_id=jnp.int32(eos_id), pad_id=jnp.int32(pad_id))
+  return _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop_seqs_NxM, settings,
+                        max_new_tokens=max_new_tokens)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop_seqs_NxM, settings, *,
+                   max_new_tokens):
   model = nnx.merge(graphdef, params)
+  eos_id, pad_id = settings["eos_id"], settings["pad_id"]
   b, p = prompt_BxP.shape
   t_max = max_new_tokens
   pad_B = p - prompt_len_B.astype(jnp.int32)
   pos_BxP = jnp.arange(p, dtype=jnp.int32)[None, :] - pad_B[:, None]
   h_BxPxD, cache = model.hidden(prompt_BxP, jnp.where(pos_BxP >= 0, pos_BxP, -1),
                                 model_lib.init_cache(model.cfg, b, p + t_max))
-  settings = dict(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
+  choice = {k: settings[k] for k in ("temperature", "top_p", "top_k", "greedy")}
 
   def record(state, logits_BxV):
     t = state["t"]
-    token_B, lp_B, mlp_B = choose(logits_BxV, jax.random.fold_in(rng, t), **settings)
+    token_B, lp_B, mlp_B = choose(logits_BxV, jax.random.fold_in(rng, t), **choice)
     live_B = ~state["finished"]
-    token_B = jnp.where(live_B, token_B, pad_id)
+    token_B = jnp.where(live_B, token_B, pad_id).astype(jnp.int32)
     ends_B = token_B == eos_id
     if stop_V is not None:
       ends_B = ends_B | stop_V[token_B]
     recent_BxM = state["recent"]
     if stop_seqs_NxM is not None:
       recent_BxM = jnp.concatenate([recent_BxM[:, 1:], token_B[:, None]], axis=1)
-      hit_BxN = jnp.all((stop_seqs_NxM[None] < 0) | (stop_seqs_NxM[None] == recent_BxM[:, None, :]), axis=-1)
+      hit_BxN = jnp.all((stop_seqs_NxM[None] == -1) | (stop_seqs_NxM[None] == recent_BxM[:, None, :]), axis=-1)
       ends_B = ends_B | jnp.any(hit_BxN, axis=-1)
     column = lambda a, x: jax.lax.dynamic_update_slice(a, x[:, None], (0, t))
     return dict(state, t=t + 1, token=token_B, recent=recent_BxM,
