@@ -27,6 +27,7 @@ MODES = {
     "dpo": "rl.dpo:run",
     "pairs": "rl.pairs:run",
     "ppo": "rl.ppo_run:run",
+    "sample": "llamalogue.sampling:run",
 }
 
 # Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;
