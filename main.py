@@ -24,6 +24,8 @@ MODES = {
     "pretrain": "llamalogue.train:run",
     "export": "llamalogue.hf:run_export",
     "evaluate": "evaluation.run:run",
+    "teacher_replies": "rl.teacher:run_replies",
+    "synthetic_pairs": "rl.teacher:run_synthetic_pairs",
 }
 
 # Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;

@@ -152,12 +152,15 @@ class Teacher:
   """A teacher LM: JAX for Llama-family models, PyTorch (transformers) for anything else."""
 
   def __init__(self, spec: str = "smollm2", *, dtype: str = "float32", cache_dir: str = "",
-               batch_tokens: int = 2048):
+               batch_tokens: int = 2048, backend: str = "auto"):
+    """`backend`: auto (JAX for a Llama, else PyTorch) or torch (PyTorch for any model)."""
+    if backend not in ("auto", "torch"):
+      raise ConfigError(f"teacher backend: {backend!r} is not auto or torch")
     self.spec = spec
     self.path = resolve(spec, cache_dir)
     hf_cfg = _read_config(self.path)
     model_type = hf_cfg.get("model_type", "")
-    self.is_jax = model_type in JAX_MODEL_TYPES
+    self.is_jax = backend == "auto" and model_type in JAX_MODEL_TYPES
     if self.is_jax:
       self.model, self.tokenizer = hf.load(str(self.path), dtype)
       if self.tokenizer is None:
@@ -180,8 +183,9 @@ class Teacher:
     except Exception as e:  # an unknown model_type, a config without a causal-LM class, broken weights
       raise DataError(f"{self.path}: unsupported teacher architecture {model_type!r} "
                       f"(not a Llama, and transformers cannot load it as a causal LM: {_first_line(e)})") from e
-    print(f"teacher {self.spec}: model_type {model_type!r} is not a Llama; it runs in PyTorch through "
-          "transformers, not in JAX", file=sys.stderr)
+    why = "is not a Llama" if model_type not in JAX_MODEL_TYPES else "was asked for in PyTorch"
+    print(f"teacher {self.spec}: model_type {model_type!r} {why}; it runs in PyTorch through transformers, "
+          "not in JAX", file=sys.stderr)
     return model, tokenizer
 
   @property
