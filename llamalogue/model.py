@@ -5,6 +5,12 @@ attention, SwiGLU MLP, tied or untied output head. Parameters are float32; `dtyp
 picks the compute dtype (float32 or bfloat16). Dense kernels are stored `[in, out]`
 (HF stores `[out, in]`: import/export transposes, see hf.py). Attention and the training
 loss run through the fused ops of ops.py (the plain formulation's values, a faster backward).
+
+One forward serves training and decoding: `model(tokens)` is the training forward;
+`model(tokens, positions, cache)` writes the tokens' keys/values into a KV cache
+(`init_cache`) and attends to everything the cache holds (a prefill, or a decode step
+of one or a few tokens). Padding is by position: a slot whose position is -1 is never
+attended to, so left- or right-padded prompts of different lengths batch exactly.
 """
 
 import dataclasses
@@ -33,6 +39,7 @@ class LlamaConfig:
   max_seq_len: int = 2048
   initializer_range: float = 0.02
   dtype: str = "float32"          # compute dtype; params are always float32
+  scan_layers: bool = False       # run the layers under one lax.scan (same values, faster compiles)
 
   @property
   def dim_per_head(self) -> int:
@@ -156,13 +163,26 @@ class Attention(nnx.Module):
     self.v_proj = Linear(h, cfg.num_kv_heads * d, std, dtype, rngs=rngs)
     self.o_proj = Linear(cfg.num_heads * d, h, std, dtype, rngs=rngs)
 
-  def __call__(self, x_BxLxD, cos_BxLxK, sin_BxLxK):
+  def __call__(self, x_BxLxD, cos_BxLxK, sin_BxLxK, cache=None):
+    """Causal self-attention; with `cache = (kv, mask_Bx1xLxT, end)` the new keys/values are
+    written at slots `end..end+L-1` of `kv` (`{"k", "v"}`, each `[B, T, G, K]`) and the
+    queries attend to the slots `mask` allows. Returns the output (and the new kv)."""
     b, l, _ = x_BxLxD.shape
     q_BxLxHxK = self.q_proj(x_BxLxD).reshape(b, l, self.num_heads, self.head_dim)
     k_BxLxGxK = self.k_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
     v_BxLxGxK = self.v_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
-    out_BxLxHxK = ops.rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
-    return self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
+    if cache is None:
+      out_BxLxHxK = ops.rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
+      return self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
+    kv, mask_Bx1xLxT, end = cache
+    q_BxLxHxK = apply_rope(q_BxLxHxK, cos_BxLxK, sin_BxLxK)
+    k_BxLxGxK = apply_rope(k_BxLxGxK, cos_BxLxK, sin_BxLxK)
+    k_BxTxGxK = jax.lax.dynamic_update_slice(kv["k"], k_BxLxGxK.astype(kv["k"].dtype), (0, end, 0, 0))
+    v_BxTxGxK = jax.lax.dynamic_update_slice(kv["v"], v_BxLxGxK.astype(kv["v"].dtype), (0, end, 0, 0))
+    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxTxGxK.astype(q_BxLxHxK.dtype),
+                                               v_BxTxGxK.astype(q_BxLxHxK.dtype), mask=mask_Bx1xLxT)
+    out_BxLxD = self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
+    return out_BxLxD, {"k": k_BxTxGxK, "v": v_BxTxGxK}
 
 
 class MLP(nnx.Module):
@@ -185,13 +205,21 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
     self.mlp = MLP(cfg, dtype, rngs=rngs)
 
-  def __call__(self, x_BxLxD, cos, sin):
-    x_BxLxD = x_BxLxD + self.self_attn(self.input_layernorm(x_BxLxD), cos, sin)
-    return x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
+  def __call__(self, x_BxLxD, cos, sin, cache=None):
+    """The residual block; with a `cache` (see Attention) returns `(x, new kv)`."""
+    if cache is None:
+      x_BxLxD = x_BxLxD + self.self_attn(self.input_layernorm(x_BxLxD), cos, sin)
+      return x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
+    attn_BxLxD, kv = self.self_attn(self.input_layernorm(x_BxLxD), cos, sin, cache)
+    x_BxLxD = x_BxLxD + attn_BxLxD
+    return x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD)), kv
 
 
 class Llama(nnx.Module):
-  """`Llama(cfg, rngs=nnx.Rngs(0))(tokens_BxL) -> logits_BxLxV` (float32 logits)."""
+  """`Llama(cfg, rngs=nnx.Rngs(0))(tokens_BxL) -> logits_BxLxV` (float32 logits).
+
+  With a cache: `model(tokens_BxL, positions_BxL, cache) -> (logits_BxLxV, cache)`.
+  """
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
     cfg.validate()
@@ -203,8 +231,15 @@ class Llama(nnx.Module):
     if not cfg.tie_embeddings:
       self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, cfg.initializer_range, dtype, rngs=rngs)
 
-  def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None) -> jax.Array:
-    return matmul_2d(self.hidden(tokens_BxL, positions_BxL), self.head_kernel(), preferred_element_type=jnp.float32)
+  def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None, cache: dict | None = None):
+    if cache is None:
+      return self.logits(self.hidden(tokens_BxL, positions_BxL))
+    h_BxLxD, cache = self.hidden(tokens_BxL, positions_BxL, cache)
+    return self.logits(h_BxLxD), cache
+
+  def logits(self, h_BxLxD: jax.Array) -> jax.Array:
+    """The output head on final hidden states: float32 logits `[..., V]`."""
+    return matmul_2d(h_BxLxD, self.head_kernel(), preferred_element_type=jnp.float32)
 
   def head_kernel(self) -> jax.Array:
     """The output projection `[D, V]` in the compute dtype (the embedding, transposed, when tied)."""
@@ -213,16 +248,77 @@ class Llama(nnx.Module):
       return self.embed_tokens[...].astype(dtype).T
     return self.lm_head.kernel[...].astype(dtype)
 
-  def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None) -> jax.Array:
-    """The final normalised hidden states `[B, L, D]` (the output head's input)."""
+  def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None, cache: dict | None = None):
+    """The final normalised hidden states `[B, L, D]` (the output head's input).
+
+    Without a cache: causal attention over the L tokens (positions default to 0..L-1).
+    With a cache (`init_cache`): the tokens fill slots `end..end+L-1` and attend to every
+    slot whose position is >= 0 and <= their own (positions default to `end + 0..L-1`;
+    give -1 to padding tokens); returns `(hidden, new cache)`. The caller sizes the cache:
+    writing past its last slot is not checked inside jit.
+    """
     dtype = jnp.dtype(self.cfg.dtype)
+    b, l = tokens_BxL.shape
     if positions_BxL is None:
-      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+      start = 0 if cache is None else cache["end"]
+      positions_BxL = jnp.broadcast_to(start + jnp.arange(l, dtype=jnp.int32), (b, l))
     cos, sin = rope_cos_sin(positions_BxL, self.cfg.dim_per_head, self.cfg.rope_theta)
     x_BxLxD = jnp.take(self.embed_tokens[...], tokens_BxL, axis=0).astype(dtype)
-    for layer in self.layers:
-      x_BxLxD = layer(x_BxLxD, cos, sin)
-    return self.norm(x_BxLxD)
+    if cache is None:
+      return self.norm(self._layers(x_BxLxD, cos, sin))
+    end = cache["end"]
+    key_pos_BxT = jax.lax.dynamic_update_slice(cache["positions"], positions_BxL.astype(jnp.int32), (0, end))
+    query_pos_BxLx1 = positions_BxL.astype(jnp.int32)[:, :, None]
+    mask_Bx1xLxT = ((key_pos_BxT[:, None, :] >= 0) & (key_pos_BxT[:, None, :] <= query_pos_BxLx1))[:, None]
+    x_BxLxD, kv = self._layers(x_BxLxD, cos, sin, (cache["layers"], mask_Bx1xLxT, end))
+    return self.norm(x_BxLxD), {"layers": kv, "positions": key_pos_BxT, "end": end + l}
+
+  def _layers(self, x_BxLxD, cos, sin, cache=None):
+    """The decoder stack: a Python loop, or one lax.scan over the stacked layer states (`scan_layers`)."""
+    if self.cfg.scan_layers:
+      return _scan_layers(self.layers, x_BxLxD, cos, sin, cache)
+    if cache is None:
+      for layer in self.layers:
+        x_BxLxD = layer(x_BxLxD, cos, sin)
+      return x_BxLxD
+    kvs, mask, end = cache
+    new_kvs = []
+    for layer, kv in zip(self.layers, kvs):
+      x_BxLxD, kv = layer(x_BxLxD, cos, sin, (kv, mask, end))
+      new_kvs.append(kv)
+    return x_BxLxD, new_kvs
+
+
+def _scan_layers(layers, x_BxLxD, cos, sin, cache):
+  """The layers under one lax.scan: their NNX states are stacked on the fly (same values as the loop)."""
+  graphdef, _ = nnx.split(layers[0])
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(layer) for layer in layers])
+  if cache is None:
+    def body(x, state):
+      return nnx.merge(graphdef, state)(x, cos, sin), None
+    return jax.lax.scan(body, x_BxLxD, stacked)[0]
+  kvs, mask, end = cache
+  stacked_kv = jax.tree.map(lambda *xs: jnp.stack(xs), *kvs)
+
+  def body_cached(x, state_kv):
+    state, kv = state_kv
+    return nnx.merge(graphdef, state)(x, cos, sin, (kv, mask, end))
+
+  x_BxLxD, new_kv = jax.lax.scan(body_cached, x_BxLxD, (stacked, stacked_kv))
+  return x_BxLxD, [jax.tree.map(lambda a, i=i: a[i], new_kv) for i in range(len(kvs))]
+
+
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
+  """An empty KV cache for `max_len` slots: a plain pytree of arrays.
+
+  `layers`: per layer `{"k", "v"}`, each `[B, T, G, K]` (compute dtype unless `dtype`);
+  `positions`: `[B, T]` int32, the position of the token in each slot, -1 where empty or
+  padding (never attended to); `end`: int32 scalar, the slots written so far.
+  """
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+  return {"layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
+          "positions": jnp.full((batch, max_len), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 
 
 def abstract_model(cfg: LlamaConfig) -> tuple[nnx.GraphDef, nnx.State]:

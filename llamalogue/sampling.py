@@ -1,0 +1,291 @@
+"""Sampling from a Llama of ours: one jitted decode loop over a KV cache, and a text wrapper.
+
+`sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, ...)` is pure: parameters,
+prompts and the key are arguments, so a PPO loop calls it with new policy parameters every
+step without recompiling. Prompts are LEFT-padded (`prompt_BxP[b, P - prompt_len_B[b]:]`
+holds row b's tokens); padding slots get position -1 and are never attended to, so rows
+of different lengths decode exactly as they would alone. The prefill and every decode
+step are the model's one cached forward (`Llama(tokens, positions, cache)`); the decode
+loop is one `lax.while_loop` that ends when every row has finished (EOS, a stop token)
+or after `max_new_tokens`. One compile per (batch, prompt length, max_new_tokens, settings):
+`generate` pads prompt lengths to buckets (`evaluation.scoring.bucket_len`, multiples of 16).
+
+Sampling follows Hugging Face's warpers, in their order: temperature, top-k (keep the k
+highest), top-p (keep the smallest set of most likely tokens whose mass reaches top_p).
+Per sampled token it returns two log-probabilities: under the sampling distribution
+(after temperature and filtering; 0 for greedy, whose choice is certain) and under the
+model (temperature 1, unfiltered), which PPO needs.
+
+`generate(model, tokenizer, prompts, ...)` tokenizes (the tokenizer's own special tokens,
+so a BOS only where the tokenizer adds one), batches, decodes and cuts each text exactly
+at the first stop string: a plain `str` (e.g. "\\n") or a compiled regex (`SPEAKER_TAG`
+matches the next speaker's tag `*MOT:`). Inside the loop a row stops at EOS or at a
+token whose own text contains a stop; a stop spread over several tokens (`*` `MOT` `:`)
+is cut on the host (exactly) but does not end the loop early.
+"""
+
+import dataclasses
+import functools
+import json
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llamalogue import model as model_lib
+from llamalogue.errors import ConfigError, DataError
+
+SPEAKER_TAG = re.compile(r"\*[A-Z]{3}:")
+
+
+# ---------------------------------------------------------------------------- one step's choice
+
+def top_p_keep(z_BxV: jax.Array, top_p: float) -> jax.Array:
+  """HF's top-p mask without a sort: keep token i iff the mass of the tokens more likely than it is < top_p.
+
+  The threshold is found by bisection on the float bits of the probabilities (positive
+  floats order like their bit patterns), 31 halvings: exact, ties kept together.
+  """
+  p_BxV = jax.nn.softmax(z_BxV, axis=-1)
+  bits_BxV = jax.lax.bitcast_convert_type(p_BxV, jnp.int32)
+
+  def above(t_Bx1):  # mass of the tokens whose probability is above t
+    return jnp.sum(jnp.where(bits_BxV > t_Bx1, p_BxV, 0.0), axis=-1, keepdims=True)
+
+  def halve(_, lo_hi):  # invariant: above(lo) >= top_p > above(hi)
+    lo, hi = lo_hi
+    mid = lo + (hi - lo) // 2
+    ok = above(mid) < top_p
+    return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+  lo = jnp.full((z_BxV.shape[0], 1), -1, jnp.int32)
+  hi = jnp.max(bits_BxV, axis=-1, keepdims=True)
+  _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+  return bits_BxV >= hi
+
+
+def choose(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_p: float, top_k: int,
+           greedy: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One token per row: `(token_B, sampling log-prob_B, model log-prob_B)` from float32 logits."""
+  model_lp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+  if greedy:
+    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    picked = jnp.take_along_axis(model_lp_BxV, token_B[:, None], axis=-1)[:, 0]
+    return token_B, jnp.zeros_like(picked), picked
+  z_BxV = logits_BxV / temperature if temperature != 1.0 else logits_BxV
+  if top_k:
+    z_BxK, ids_BxK = jax.lax.top_k(z_BxV, min(top_k, z_BxV.shape[-1]))
+    if top_p < 1.0:
+      p_BxK = jax.nn.softmax(z_BxK, axis=-1)
+      z_BxK = jnp.where(jnp.cumsum(p_BxK, axis=-1) - p_BxK < top_p, z_BxK, -jnp.inf)
+    lp_BxK = jax.nn.log_softmax(z_BxK, axis=-1)
+    j_B = jax.random.categorical(key, lp_BxK)
+    token_B = jnp.take_along_axis(ids_BxK, j_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    lp_B = jnp.take_along_axis(lp_BxK, j_B[:, None], axis=-1)[:, 0]
+  else:
+    if top_p < 1.0:
+      z_BxV = jnp.where(top_p_keep(z_BxV, top_p), z_BxV, -jnp.inf)
+    lp_BxV = jax.nn.log_softmax(z_BxV, axis=-1)
+    token_B = jax.random.categorical(key, lp_BxV).astype(jnp.int32)
+    lp_B = jnp.take_along_axis(lp_BxV, token_B[:, None], axis=-1)[:, 0]
+  return token_B, lp_B, jnp.take_along_axis(model_lp_BxV, token_B[:, None], axis=-1)[:, 0]
+
+
+# ---------------------------------------------------------------------------- the decode loop
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p", "top_k",
+                                             "greedy", "eos_id", "pad_id"))
+def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_len_B: jax.Array,
+                  rng: jax.Array, stop_V: jax.Array | None = None, *, max_new_tokens: int,
+                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
+                  eos_id: int = -1, pad_id: int = 0) -> dict:
+  """Samples up to `max_new_tokens` tokens after each left-padded prompt.
+
+  `stop_V` (optional bool `[V]`): tokens that end a row like EOS. Returns a dict of
+  `tokens` `[B, T]` int32 (`pad_id` after a row's end), `logprobs` `[B, T]` (sampling
+  distribution), `model_logprobs` `[B, T]` (the model's, temperature 1), both 0 after a
+  row's end, `lengths` `[B]` (tokens generated, the EOS or stop token included) and
+  `finished` `[B]` (ended by EOS or a stop token, not by the length limit).
+  """
+  model = nnx.merge(graphdef, params)
+  b, p = prompt_BxP.shape
+  t_max = max_new_tokens
+  pad_B = p - prompt_len_B.astype(jnp.int32)
+  pos_BxP = jnp.arange(p, dtype=jnp.int32)[None, :] - pad_B[:, None]
+  h_BxPxD, cache = model.hidden(prompt_BxP, jnp.where(pos_BxP >= 0, pos_BxP, -1),
+                                model_lib.init_cache(model.cfg, b, p + t_max))
+  settings = dict(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
+
+  def record(state, logits_BxV):
+    t = state["t"]
+    token_B, lp_B, mlp_B = choose(logits_BxV, jax.random.fold_in(rng, t), **settings)
+    live_B = ~state["finished"]
+    token_B = jnp.where(live_B, token_B, pad_id)
+    ends_B = token_B == eos_id
+    if stop_V is not None:
+      ends_B = ends_B | stop_V[token_B]
+    column = lambda a, x: jax.lax.dynamic_update_slice(a, x[:, None], (0, t))
+    return dict(state, t=t + 1, token=token_B,
+                tokens=column(state["tokens"], token_B),
+                logprobs=column(state["logprobs"], jnp.where(live_B, lp_B, 0.0)),
+                model_logprobs=column(state["model_logprobs"], jnp.where(live_B, mlp_B, 0.0)),
+                lengths=state["lengths"] + live_B, finished=state["finished"] | (live_B & ends_B))
+
+  def step(state):
+    h_Bx1xD, cache = model.hidden(state["token"][:, None], (prompt_len_B + state["t"] - 1)[:, None],
+                                  state["cache"])
+    return record(dict(state, cache=cache), model.logits(h_Bx1xD[:, 0]))
+
+  zeros = jnp.zeros((b, t_max), jnp.float32)
+  state = dict(t=jnp.zeros((), jnp.int32), token=jnp.zeros((b,), jnp.int32), cache=cache,
+               tokens=jnp.full((b, t_max), pad_id, jnp.int32), logprobs=zeros, model_logprobs=zeros,
+               lengths=jnp.zeros((b,), jnp.int32), finished=jnp.zeros((b,), bool))
+  state = record(state, model.logits(h_BxPxD[:, -1]))
+  state = jax.lax.while_loop(lambda s: (s["t"] < t_max) & ~jnp.all(s["finished"]), step, state)
+  return {k: state[k] for k in ("tokens", "logprobs", "model_logprobs", "lengths", "finished")}
+
+
+# ---------------------------------------------------------------------------- text in, text out
+
+@dataclasses.dataclass
+class Generation:
+  """One continuation. `token_ids`/`logprobs`/`model_logprobs` cover every generated token
+  (EOS or stop token included); `text` is their text cut at the first stop string and
+  `num_tokens` the fewest leading tokens whose text covers it (a token straddling the cut
+  counts). `finish` is "eos", "stop" (a stop string in the text) or "length"."""
+  prompt: str
+  text: str
+  num_tokens: int
+  token_ids: list[int]
+  logprobs: np.ndarray
+  model_logprobs: np.ndarray
+  finish: str
+
+
+def first_stop(text: str, stop: Sequence[str | re.Pattern]) -> int:
+  """Index of the earliest stop string (plain `str` or compiled regex) in `text`; len(text) if none."""
+  cut = len(text)
+  for s in stop:
+    if isinstance(s, re.Pattern):
+      m = s.search(text)
+      i = m.start() if m else -1
+    else:
+      i = text.find(s)
+    if 0 <= i < cut:
+      cut = i
+  return cut
+
+
+_STOP_VOCAB: dict = {}   # (id(tokenizer), stops) -> bool [V]
+
+
+def stop_vocab(tokenizer, stop: Sequence[str | re.Pattern], vocab_size: int) -> np.ndarray:
+  """bool `[V]`: the tokens whose own text contains a stop string (they end a row in the loop)."""
+  key = (id(tokenizer), tuple(s.pattern if isinstance(s, re.Pattern) else s for s in stop), vocab_size)
+  if key not in _STOP_VOCAB:
+    n = min(len(tokenizer), vocab_size)
+    texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=True)
+    mask = np.zeros(vocab_size, bool)
+    mask[:n] = [first_stop(t, stop) < len(t) for t in texts]
+    _STOP_VOCAB[key] = mask
+  return _STOP_VOCAB[key]
+
+
+def _cut(tokenizer, ids: list[int], stop, finished: bool, eos_id: int) -> tuple[str, int, str]:
+  """(text cut at the first stop, tokens covering it, finish reason)."""
+  full = tokenizer.decode(ids, skip_special_tokens=True)
+  cut = first_stop(full, stop)
+  if cut == len(full):
+    return full, len(ids), ("eos" if finished and ids and ids[-1] == eos_id else "stop" if finished else "length")
+  n = next(n for n in range(len(ids) + 1) if len(tokenizer.decode(ids[:n], skip_special_tokens=True)) >= cut)
+  return full[:cut], n, "stop"
+
+
+def generate(model_or_params, tokenizer, prompts: Sequence[str], *, rng, max_new_tokens: int = 20,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
+             stop: Sequence[str | re.Pattern] = ("\n",), batch_size: int = 32) -> list[Generation]:
+  """Continuations of `prompts` (one each, in order). `model_or_params`: a Llama or `(graphdef, params)`.
+
+  `rng`: a jax key or an int seed; batch i uses `fold_in(rng, i)`, so a fixed key and
+  batch size reproduce the output. Prompts are padded to length buckets and the last
+  batch to `batch_size`, so a run compiles once per bucket.
+  """
+  from evaluation.scoring import bucket_len
+  graphdef, params = (nnx.split(model_or_params) if isinstance(model_or_params, nnx.Module)
+                      else model_or_params)
+  cfg = nnx.merge(graphdef, params).cfg
+  if temperature <= 0 and not greedy:
+    raise ConfigError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
+  if not 0 < top_p <= 1:
+    raise ConfigError(f"top_p must be in (0, 1] (got {top_p})")
+  rng = jax.random.key(rng) if isinstance(rng, int) else rng
+  eos = tokenizer.eos_token_id
+  eos_id = -1 if eos is None else int(eos)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else max(eos_id, 0)
+  ids = [tokenizer(p)["input_ids"] for p in prompts]
+  for i, row in enumerate(ids):
+    if not row:
+      raise DataError(f"prompt {i}: empty after tokenization (the model needs at least one token)")
+    if max(row) >= cfg.vocab_size:
+      raise DataError(f"prompt {i}: token id {max(row)} is outside the model's vocabulary ({cfg.vocab_size}): "
+                      "model and tokenizer do not belong together")
+    if len(row) + max_new_tokens > cfg.max_seq_len:
+      raise DataError(f"prompt {i}: {len(row)} tokens + max_new_tokens={max_new_tokens} exceed the model's "
+                      f"max_seq_len {cfg.max_seq_len}")
+  stop_V = jnp.asarray(stop_vocab(tokenizer, stop, cfg.vocab_size)) if stop else None
+  settings = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
+                  top_k=int(top_k), greedy=bool(greedy), eos_id=eos_id, pad_id=int(pad_id))
+  order = np.argsort([len(r) for r in ids], kind="stable")
+  out: list[Generation | None] = [None] * len(prompts)
+  for n, start in enumerate(range(0, len(order), batch_size)):
+    rows = order[start:start + batch_size]
+    p = bucket_len(max(len(ids[r]) for r in rows), 16)
+    prompt_BxP = np.full((batch_size, p), pad_id, np.int32)
+    prompt_len_B = np.ones(batch_size, np.int32)
+    for b, r in enumerate(rows):
+      prompt_BxP[b, p - len(ids[r]):], prompt_len_B[b] = ids[r], len(ids[r])
+    res = jax.device_get(sample_tokens(params, graphdef, jnp.asarray(prompt_BxP), jnp.asarray(prompt_len_B),
+                                       jax.random.fold_in(rng, n), stop_V, **settings))
+    for b, r in enumerate(rows):
+      length = int(res["lengths"][b])
+      tok = res["tokens"][b, :length].tolist()
+      text, num, finish = _cut(tokenizer, tok, stop, bool(res["finished"][b]), eos_id)
+      out[r] = Generation(prompts[r], text, num, tok, res["logprobs"][b, :length],
+                          res["model_logprobs"][b, :length], finish)
+  return out
+
+
+# ---------------------------------------------------------------------------- `sample` mode
+
+def parse_stop(config: Any) -> tuple:
+  """Stop strings from a config: `stop` (comma-separated, Python escapes such as \\n) and the speaker tag."""
+  plain = [s.encode().decode("unicode_escape") for s in str(config.stop).split(",") if s]
+  return tuple(plain) + ((SPEAKER_TAG,) if config.stop_at_speaker_tag else ())
+
+
+def run(config: Any, workdir: str) -> None:
+  """`sample` mode: print continuations of `config.prompt` and write them to DIR/samples.jsonl."""
+  import pathlib
+  from llamalogue import hf, paths
+  model, tokenizer = hf.load(config.init_from, config.dtype)
+  if tokenizer is None:
+    raise ConfigError(f"config.init_from: {config.init_from} has no tokenizer beside it (tokenizer.json)")
+  if config.num_samples < 1:
+    raise ConfigError(f"config.num_samples: {config.num_samples} is not >= 1")
+  n = 1 if config.greedy else config.num_samples
+  gens = generate(model, tokenizer, [config.prompt] * n, rng=jax.random.key(config.seed),
+                  max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                  top_k=config.top_k, greedy=config.greedy, stop=parse_stop(config), batch_size=n)
+  how = "greedy" if config.greedy else (f"temperature {config.temperature}, top_p {config.top_p}, "
+                                        f"top_k {config.top_k}, seed {config.seed}")
+  print(f"{config.init_from} ({how}):\n{config.prompt}")
+  for i, g in enumerate(gens):
+    print(f"[{i}] {g.text!r}  ({g.num_tokens} tokens, {g.finish}, "
+          f"log p {float(np.sum(g.model_logprobs[:g.num_tokens])):.2f})")
+  lines = [json.dumps({"prompt": g.prompt, "text": g.text, "num_tokens": g.num_tokens, "finish": g.finish,
+                       "token_ids": g.token_ids, "model_logprobs": [round(float(x), 5) for x in g.model_logprobs]})
+           for g in gens]
+  paths.atomic_write(pathlib.Path(workdir) / "samples.jsonl", "\n".join(lines) + "\n")
