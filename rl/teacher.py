@@ -273,11 +273,12 @@ class Teacher:
       return []
     flat = [p for p in prompts for _ in range(n)]
     if self.is_jax:
+      from evaluation.scoring import tail_batch_size
       from llamalogue import sampling
-      result = sampling.generate(self.model, self.tokenizer, flat, rng=jax.random.key(seed),
-                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 top_k=top_k, greedy=greedy, stop=tuple(stop))
-      texts = list(result["text"] if isinstance(result, dict) else result.text)
+      gens = sampling.generate((self.graphdef, self.params), self.tokenizer, flat, rng=jax.random.key(seed),
+                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                               greedy=greedy, stop=tuple(stop), batch_size=min(64, tail_batch_size(len(flat))))
+      texts = [g.text for g in gens]
     else:
       texts = self._torch_generate(flat, seed, max_new_tokens, temperature, top_p, top_k, greedy, stop)
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
