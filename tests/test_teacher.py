@@ -182,3 +182,29 @@ def test_reply_cache_resumes_after_a_kill(tmp_path, tiny_dir):
     teacher_lib.ReplyCache(path)
   # other settings, another file
   assert teacher_lib.cache_path(tmp_path, t, {**settings, "top_p": 0.9}) != path
+
+
+def test_synthetic_pairs_mode(tmp_path, tiny_dir, capsys):
+  from configs import synthetic_pairs
+  pairs = [{"prompt": "*MOT: what is that ?", "chosen": "*CHI: a ball .", "rejected": "*CHI: my shoe ."},
+           {"prompt": "*MOT: you want juice ?", "chosen": "*CHI: yes .", "rejected": "*CHI: the moon is up ."},
+           {"prompt": "*MOT: what is that ?", "chosen": "*CHI: a dog .", "rejected": "*CHI: no ."}]
+  src = tmp_path / "natural.jsonl"
+  src.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+  config = synthetic_pairs.get_config("tiny")
+  config.teacher, config.pairs, config.max_new_tokens = str(tiny_dir), str(src), 4
+  teacher_lib.run_synthetic_pairs(config, str(tmp_path / "run"))
+  out = [json.loads(l) for l in (tmp_path / "run" / "synthetic_pairs.jsonl").read_text().splitlines()]
+  assert [(o["prompt"], o["rejected"]) for o in out] == [(p["prompt"], p["rejected"]) for p in pairs]
+  assert all(o["chosen"].startswith("*CHI: ") and o["chosen"] == o["chosen"].lower() for o in out)
+  assert out[0]["chosen"] == out[2]["chosen"]            # one reply per distinct mother turn
+  (cache,) = (tmp_path / "run" / "teacher_replies").glob("*.jsonl")
+  assert len(cache.read_text().splitlines()) == 2
+  assert "generated 2 turns" in capsys.readouterr().out
+  teacher_lib.run_synthetic_pairs(config, str(tmp_path / "run"))   # a rerun generates nothing
+  assert "generated 0 turns" in capsys.readouterr().out
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps([{"prompt": "*MOT: hi", "chosen": "*CHI: yo"}]))
+  config.pairs = str(bad)
+  with pytest.raises(DataError, match=r"bad.json: row 0: expected a row with string fields prompt, chosen, rejected"):
+    teacher_lib.run_synthetic_pairs(config, str(tmp_path / "run"))
