@@ -491,6 +491,7 @@ def _replies(config, workdir, teacher: Teacher, mothers: list[str]) -> ReplyCach
   paths.atomic_write(path.with_suffix(".json"),
                      json.dumps({"teacher": teacher.identity(), "settings": settings}, indent=2) + "\n")
   cache = ReplyCache(path)
+  mothers = list(dict.fromkeys(mothers))
   done = sum(cache.get(m) is not None for m in mothers)
   print(f"teacher {teacher.spec}: {len(mothers)} turns, {done} already in {path}")
   t0 = time.time()

@@ -196,7 +196,7 @@ def test_synthetic_pairs_mode(tmp_path, tiny_dir, capsys):
   teacher_lib.run_synthetic_pairs(config, str(tmp_path / "run"))
   out = [json.loads(l) for l in (tmp_path / "run" / "synthetic_pairs.jsonl").read_text().splitlines()]
   assert [(o["prompt"], o["rejected"]) for o in out] == [(p["prompt"], p["rejected"]) for p in pairs]
-  assert all(o["chosen"].startswith("*CHI: ") and o["chosen"] == o["chosen"].lower() for o in out)
+  assert all(o["chosen"].startswith("*CHI: ") and o["chosen"][6:] == o["chosen"][6:].lower() for o in out)
   assert out[0]["chosen"] == out[2]["chosen"]            # one reply per distinct mother turn
   (cache,) = (tmp_path / "run" / "teacher_replies").glob("*.jsonl")
   assert len(cache.read_text().splitlines()) == 2
