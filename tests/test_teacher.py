@@ -208,3 +208,21 @@ def test_synthetic_pairs_mode(tmp_path, tiny_dir, capsys):
   config.pairs = str(bad)
   with pytest.raises(DataError, match=r"bad.json: row 0: expected a row with string fields prompt, chosen, rejected"):
     teacher_lib.run_synthetic_pairs(config, str(tmp_path / "run"))
+
+
+def test_teacher_replies_mode(tmp_path, tiny_dir):
+  from configs import teacher_replies
+  from llamalogue.errors import ConfigError
+  config = teacher_replies.get_config()
+  config.teacher, config.n, config.max_new_tokens = str(tiny_dir), 2, 3
+  with pytest.raises(ConfigError, match="config.prompts: empty"):
+    teacher_lib.run_replies(config, str(tmp_path))
+  (tmp_path / "turns.txt").write_text("*MOT: what is that ?\nyou want juice ?\n")
+  config.prompts = str(tmp_path / "turns.txt")
+  teacher_lib.run_replies(config, str(tmp_path / "run"))
+  (path,) = (tmp_path / "run" / "teacher_replies").glob("*.jsonl")
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  assert [r["prompt"] for r in rows] == ["what is that ?", "you want juice ?"]
+  assert all(len(r["replies"]) == len(r["raw"]) == len(r["logps"]) == 2 for r in rows)
+  settings = json.loads(path.with_suffix(".json").read_text())["settings"]
+  assert settings["temperature"] == 0.8 and settings["top_p"] == 0.8 and settings["stop"] == ["\n", "Mother:", "Child:"]
