@@ -218,6 +218,10 @@ class ConfidenceReward(Reward):
       raise ConfigError(f"on_missing: {on_missing!r} is not error or generate")
     if on_missing == "generate" and not (generate or {}).get("template"):
       raise ConfigError("on_missing=generate needs generate.template (the teacher's reply prompt)")
+    wrote = replies.meta().get("teacher", {}).get("weights")
+    if wrote is not None and [list(w) for w in wrote] != [list(w) for w in teacher.identity()["weights"]]:
+      raise ConfigError(f"{replies.path}: its replies were written by teacher {replies.meta()['teacher']['spec']!r}, "
+                        f"not by {teacher.spec!r}: confidence must rank them under the teacher that wrote them")
     self.teacher, self.cache, self.on_missing, self.settings = teacher, replies, on_missing, generate
     self.counts.update(generated=0, scored_turns=0)
     self._logps: dict[str, np.ndarray] = {}

@@ -423,6 +423,11 @@ class ReplyCache:
   def __len__(self) -> int:
     return len(self.rows)
 
+  def meta(self) -> dict:
+    """The settings file written beside the cache (`{"teacher": ..., "settings": ...}`), {} if none."""
+    side = self.path.with_suffix(".json")
+    return json.loads(side.read_text()) if side.exists() else {}
+
   def get(self, mother: str) -> dict | None:
     return self.rows.get(mother_turn(mother))
 

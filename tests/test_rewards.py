@@ -159,3 +159,15 @@ def test_make_reward_errors(cache):
     rewards.make_reward("bleu", {})
   with pytest.raises(DataError, match="config.replies: path does not exist"):
     rewards.make_reward("bleu", {"replies": str(cache.path) + ".missing"})
+
+
+def test_confidence_refuses_replies_of_another_teacher(tmp_path, tiny_teacher):
+  from llamalogue.errors import ConfigError
+  path = tmp_path / "replies.jsonl"
+  path.write_text(json.dumps({"prompt": "what is that ?", "replies": ["a ball"]}) + "\n")
+  other = {"spec": "smollm2", "path": "/x", "weights": [["model.safetensors", 538090408]]}
+  path.with_suffix(".json").write_text(json.dumps({"teacher": other, "settings": {}}))
+  with pytest.raises(ConfigError, match="written by teacher 'smollm2'"):
+    rewards.make_reward("confidence", {"replies": str(path)}, teacher=tiny_teacher)
+  path.with_suffix(".json").write_text(json.dumps({"teacher": tiny_teacher.identity(), "settings": {}}))
+  assert rewards.make_reward("confidence", {"replies": str(path)}, teacher=tiny_teacher)(["what is that ?"], [""])[0] == -0.5
