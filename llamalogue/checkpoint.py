@@ -126,12 +126,15 @@ def load_model(path: str | os.PathLike, dtype: str = "float32"):
   graphdef, abstract = model_lib.abstract_model(cfg)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), model_lib.pure_dict(abstract))
+  # A PPO state keeps the language model under params/policy (beside its value head).
+  wrap = (lambda t: {"policy": t}) if "ppo" in read_meta(ckpt) else (lambda t: t)
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   restored = ckptr.restore((ckpt / "state").absolute(), args=ocp.args.PyTreeRestore(
-      item={"params": target},
-      restore_args={"params": jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), target)},
+      item={"params": wrap(target)},
+      restore_args={"params": wrap(jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), target))},
       partial_restore=True))
-  model = nnx.merge(graphdef, restored["params"])
+  params = restored["params"]["policy"] if "ppo" in read_meta(ckpt) else restored["params"]
+  model = nnx.merge(graphdef, params)
   tokenizer = hf.load_tokenizer(root / "tokenizer", cfg.vocab_size) if (root / "tokenizer").exists() else None
   return model, tokenizer
 

@@ -131,7 +131,7 @@ class Rollouts:
     self.config, self.graphdef, self.ref_params, self.tok, self.reward, self.cfg = (
         config, graphdef, ref_params, tokenizer, reward, cfg)
     self.key = jax.random.key(config.seed)
-    self.score = ppo.jit_score_rollout(graphdef, cfg, mesh, shardings["params"]["policy"],
+    self.score = ppo.jit_score_rollout(graphdef, cfg, mesh, shardings["params"],
                                        sharding_lib.tree_shardings(ref_params, mesh))
     self.update = ppo.jit_ppo_update(graphdef, cfg, ppo.make_optimizer(cfg), mesh, shardings)
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

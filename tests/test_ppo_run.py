@@ -1,0 +1,188 @@
+"""PPO end to end: `main.py --config=configs/ppo_bleu.py:tiny` on a tiny base of ours, trl's metric
+names, sample texts, a killed run resumes bit-exactly, and the bad inputs (a NaN reward, a batch with
+no parsed reply, a teacher cache that misses a prompt) give a clear error or a counted fallback."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from llamalogue import paths
+from llamalogue.errors import LlamalogueError
+from llamalogue.metrics import read_scalars
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODEL = ["--config.model.hidden_size=64", "--config.model.intermediate_size=128", "--config.model.num_layers=2",
+         "--config.model.num_heads=4", "--config.model.num_kv_heads=2"]
+MOTHERS = ["what is that over there ?", "do you want some juice ?", "where did the ball go ?",
+           "can you say thank you ?", "is that your teddy bear ?", "what does the cow say ?",
+           "shall we read a book now ?", "where is your other shoe ?"]
+TEACHER = ["a big dog .", "yes please juice .", "it went under there .", "thank you mommy .",
+           "my teddy bear .", "the cow says moo .", "read the red book .", "i do not know ."]
+
+pytestmark = pytest.mark.skipif(not (paths.data_root() / "childes").exists(), reason="no CHILDES data")
+
+
+def _run(config, workdir, *extra, wait=True):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1")
+  cmd = [sys.executable, str(ROOT / "main.py"), f"--config={config}", f"--workdir={workdir}", *extra]
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """A tiny base of ours, 16 mother turns and a teacher-reply cache for them (BLEU's references)."""
+  root = tmp_path_factory.mktemp("ppo")
+  proc = _run("configs/pretrain.py:tiny", root / "base", "--config.train.max_steps=4", "--config.train.eval_every=0",
+              "--config.train.batch_size=8", *MODEL)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  mothers = MOTHERS + [m.replace("?", "now ?") for m in MOTHERS]
+  (root / "prompts.txt").write_text("".join(m + "\n" for m in mothers))
+  rows = [{"prompt": m, "replies": [t, t.upper()], "raw": [t, t]} for m, t in zip(mothers, TEACHER * 2)]
+  (root / "replies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return root
+
+
+def _ppo(setup, wd, *extra, wait=True):
+  return _run("configs/ppo_bleu.py:tiny", wd, f"--config.init_from={setup / 'base'}",
+              f"--config.prompts={setup / 'prompts.txt'}", f"--config.reward.replies={setup / 'replies.jsonl'}",
+              "--config.ppo.learning_rate=1e-3", *extra, wait=wait)
+
+
+def _final_params(wd):
+  from llamalogue import checkpoint as ckpt_lib, step
+  model, _ = ckpt_lib.load_model(wd)
+  return jax.device_get(step.split_model(model)[1])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+  wd = setup / "run"
+  proc = _ppo(setup, wd, "--config.eval.tasks=dialogue_word", "--config.eval.max_items_per_task=16")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return wd
+
+
+def test_tiny_ppo_run_outputs(uninterrupted):
+  wd = uninterrupted
+  summary = json.loads((wd / "summary.json").read_text())
+  assert summary["steps"] == 4 and summary["reward"]["name"] == "bleu" and summary["reward"]["items"] == 64
+  scalars = read_scalars(wd / "tb")
+  for tag in ("env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
+              "ppo/loss/policy", "ppo/loss/value", "ppo/policy/clipfrac", "ppo/policy/approxkl",
+              "ppo/returns/mean", "ppo/val/vpred", "time/rollout_s", "time/reward_s", "time/forward_s",
+              "time/update_s"):
+    assert tag in scalars, tag
+  kl_coef = [v for _, v in scalars["objective/kl_coef"]]
+  assert kl_coef[0] == pytest.approx(0.2) and all(np.isfinite(v) for _, v in scalars["objective/kl"])
+  samples = [json.loads(l) for l in (wd / "samples.jsonl").read_text().splitlines()]
+  assert samples and {"mother", "reply", "score"} <= set(samples[0])
+  assert all("*" not in s["reply"].split(":")[0] or ":" not in s["reply"] for s in samples)  # cut at the next tag
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  acc = EventAccumulator(str(wd / "tb"), size_guidance={"tensors": 0})
+  acc.Reload()
+  assert "samples/replies" in acc.Tags()["tensors"]
+  assert (wd / "ppo_reward.png").stat().st_size > 0 and (wd / "eval" / "comparison.md").exists()
+
+
+def test_sigkill_and_rerun_is_bit_identical(setup, uninterrupted, tmp_path):
+  wd = tmp_path / "killed"
+  proc = _ppo(setup, wd, "--config.eval.tasks=", wait=False)
+  latest = wd / "checkpoints" / "latest"
+  deadline = time.time() + 400
+  while time.time() < deadline:
+    steps = [int(d.name.split("_")[1]) for d in latest.glob("step_*") if (d / "commit_success.txt").exists()] \
+        if latest.exists() else []
+    if steps and max(steps) >= 2:
+      break
+    if proc.poll() is not None:
+      pytest.fail(f"run ended before it could be killed: {proc.stderr.read()[-2000:]}")
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  rerun = _ppo(setup, wd, "--config.eval.tasks=")
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "resuming from step" in rerun.stdout + rerun.stderr
+  jax.tree.map(np.testing.assert_array_equal, _final_params(uninterrupted), _final_params(wd))
+
+
+def test_teacher_cache_missing_a_prompt_is_one_line(setup, tmp_path):
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text((setup / "prompts.txt").read_text() + "a turn the cache does not hold ?\n")
+  proc = _ppo(setup, tmp_path / "wd", f"--config.prompts={prompts}", "--config.eval.tasks=",
+              "--config.train.max_steps=2")
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  if proc.returncode == 0:  # the turn may not be drawn in 2 steps of 16 from 17: then nothing to report
+    pytest.skip("the uncovered turn was not drawn")
+  assert proc.returncode == 2 and len(errors) == 1 and "a turn the cache does not hold" in errors[0], proc.stderr[-2000:]
+
+
+class _Reward:
+  def __init__(self, value):
+    self.value = value
+
+  def __call__(self, mothers, replies):
+    return np.full(len(replies), self.value, np.float32)
+
+  def stats(self):
+    return {}
+
+
+def _rollouts(setup, reward, **overrides):
+  """The PPO step of ppo_run on the tiny base, with a given reward function."""
+  from configs import ppo_bleu
+  from llamalogue import hf, sharding, step
+  from rl import ppo, ppo_run
+  config = ppo_bleu.get_config("tiny")
+  config.init_from = str(setup / "base")
+  for k, v in overrides.items():
+    config[k] = v
+  model, tok = hf.load(config.init_from)
+  graphdef, params = step.split_model(model)
+  cfg = ppo_run.ppo_config(config.ppo)
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  tx = ppo.make_optimizer(cfg)
+  state = ppo.init_state(params, ppo.init_value_head(model.cfg.hidden_size, jax.random.key(0)), tx, cfg)
+  shardings = sharding.tree_shardings(state, mesh)
+  r = ppo_run.Rollouts(config, graphdef, params, tok, reward, cfg, mesh, shardings, setup / "s.jsonl")
+  return r, state
+
+
+def test_nan_reward_is_an_error_or_a_counted_zero(setup):
+  r, state = _rollouts(setup, _Reward(np.nan))
+  with pytest.raises(LlamalogueError, match="returned nan"):
+    r(state, (MOTHERS * 2)[:16])
+  r, state = _rollouts(setup, _Reward(np.nan), on_nan_reward="zero")
+  state, metrics = r(state, (MOTHERS * 2)[:16])
+  assert metrics["counts/nan_rewards"] == 16 and bool(metrics["finite"])
+
+
+def test_batch_without_a_parsed_reply_is_skipped_and_counted(setup, monkeypatch):
+  from rl import ppo_run
+  monkeypatch.setattr(ppo_run, "child_reply", lambda text: "")
+  r, state = _rollouts(setup, _Reward(1.0))
+  before = jax.device_get(state["params"])
+  state, metrics = r(state, (MOTHERS * 2)[:16])
+  assert metrics["counts/empty_batches"] == 1 and int(state["step"]) == 1
+  jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state["params"]))
+  r, state = _rollouts(setup, _Reward(1.0), on_empty_batch="error")
+  with pytest.raises(LlamalogueError, match="no reply parsed"):
+    r(state, (MOTHERS * 2)[:16])
+
+
+def test_child_reply_is_cut_at_the_next_speaker():
+  from rl.ppo_run import child_reply, pack_rows
+  assert child_reply(" it is a dog . *MOT: a dog ?") == "it is a dog ."
+  assert child_reply(" *MOT: hello") == ""
+  tokens, masks = pack_rows([[1, 2, 3], [4]], [[5, 6], []], pad_id=0, multiple=8)
+  assert tokens.tolist() == [[1, 2, 3, 5, 6, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0]]
+  assert masks.tolist() == [[0, 0, 0, 1, 1, 0, 0, 0], [0] * 8]
