@@ -118,8 +118,33 @@ def make_reward(config, workdir, prompts: list[str]):
       print(f"ppo: teacher {teacher.spec} wrote {settings['n']} replies for {new} turns in {time.time() - t0:.0f} s "
             f"-> {path}")
     overrides["replies"] = str(path)
+  if rc.replies.startswith("pairs:"):  # the chosen replies of a pair file (e.g. the study's synthetic pairs)
+    overrides["replies"] = str(replies_from_pairs(rc.replies[len("pairs:"):], workdir))
   judge_or_teacher = teacher if rc.name == "confidence" else None
   return rewards.make_reward(rc.name, overrides, teacher=judge_or_teacher)
+
+
+def replies_from_pairs(spec: str, workdir) -> pathlib.Path:
+  """A teacher-reply cache from a pair file's chosen replies (one per mother turn), in DIR/teacher_replies.
+
+  The study's synthetic pairs hold one Llama-3.2-3B reply per mother turn: with
+  `reward.replies=pairs:data:communicative_baby/dpo_dataset/synthetic_dpo_format.json` the BLEU and
+  semantic-similarity rewards compare with the study's own teacher, offline.
+  """
+  import hashlib
+  from llamalogue.paths import atomic_write
+  from rl import pairs as pairs_lib, teacher as teacher_lib
+  loaded = pairs_lib.load_pairs(spec)
+  rows = {}
+  for p in loaded:
+    rows.setdefault(teacher_lib.mother_turn(p.prompt), pairs_lib.body(p.chosen))
+  key = hashlib.sha256(str(loaded.source).encode()).hexdigest()[:10]
+  path = pathlib.Path(workdir) / "teacher_replies" / f"pairs-{key}.jsonl"
+  atomic_write(path, "".join(json.dumps({"prompt": m, "replies": [r]}, ensure_ascii=False) + "\n"
+                             for m, r in rows.items()))
+  atomic_write(path.with_suffix(".json"), json.dumps({"teacher": {"name": f"chosen replies of {loaded.source}"},
+                                                      "settings": {"n": 1}}, indent=2))
+  return path
 
 
 class Rollouts:
