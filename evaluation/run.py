@@ -284,5 +284,27 @@ def evaluate_against_base(base: str, run_dir, eval_cfg, heldout_pairs: str = "")
   ec.tasks = tasks
   ec.max_items_per_task = eval_cfg.max_items_per_task
   ec.convention = eval_cfg.convention
+  _reuse_base_results(base, pathlib.Path(run_dir) / "eval" / checkpoint_name(base), settings_from(ec))
   run(ec, str(run_dir))
   return {"comparison": str(pathlib.Path(run_dir) / "eval" / "comparison.md"), "tasks": tasks}
+
+
+def _reuse_base_results(base: str, out_dir: pathlib.Path, settings: dict) -> None:
+  """Copies the base's results from an earlier run of the same evaluation (another fine-tuning run of the
+  same base, or the base's own run dir) into `out_dir`, so that evaluate_checkpoint reuses them."""
+  import json
+  import shutil
+  if (out_dir / "results.json").exists() or base.startswith("hf:"):
+    return
+  root = run_root(pathlib.Path(base))
+  candidates = [root / "eval" / checkpoint_name(base)]
+  candidates += [d / "eval" / checkpoint_name(base) for d in root.parent.iterdir() if d.is_dir()] \
+      if root.parent.exists() else []
+  for d in candidates:
+    try:
+      old = json.loads((d / "results.json").read_text())
+    except (OSError, ValueError):
+      continue
+    if old.get("settings") == settings and old.get("init_from") == str(base):
+      shutil.copytree(d, out_dir, dirs_exist_ok=True)
+      return
