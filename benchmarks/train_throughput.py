@@ -182,6 +182,20 @@ def torch_baseline(cfg, batch, seq, steps, warmup) -> dict:
           "name": name, "loss": float(loss)}
 
 
+def _torch_has_cuda() -> bool:
+  try:
+    import torch
+  except ImportError:
+    return False
+  return torch.cuda.is_available()
+
+
+def _write(path: str, records: list) -> None:
+  if path:
+    from llamalogue.paths import atomic_write
+    atomic_write(path, json.dumps(records, indent=2))
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--shape", default="both", choices=["tiny", "135m", "both"])
@@ -230,14 +244,22 @@ def main():
       rec["projected_study_hours"] = STUDY_WORDS * tpw / ours_tps / 3600
       line += (f", MFU {100 * rec['ours_mfu']:.1f}% of {peak / 1e12:.0f} TFLOP/s; projected "
                f"{STUDY_WORDS / 1e6:.0f}M-word pre-training ({tpw:.2f} tok/word): {rec['projected_study_hours']:.2f} h")
-    if not args.no_baseline:
+    records.append(rec)
+    _write(args.json, records)                 # ours is on disk even if the baseline is cut short
+    print(line, flush=True)
+    line = f"[{name}] baseline:"
+    run_baseline = not args.no_baseline and not (accel and not _torch_has_cuda())
+    if not args.no_baseline and not run_baseline:
+      rec["baseline"] = "skipped: this PyTorch has no CUDA (an fp32 CPU baseline of an accelerator run means nothing)"
+      line += " " + rec["baseline"]
+    if run_baseline:
       import torch
       torch.set_num_threads(os.cpu_count())
       base = torch_baseline(cfg, batch, seq, steps, warmup=2)
       base_tps = base["tok_s"]
       rec.update(baseline=base["name"], baseline_tok_s=base_tps, baseline_compile_s=base["compile_s"],
                  baseline_loss=base["loss"], ratio=ours_tps / base_tps)
-      line += f"; {base['name']} {base_tps:,.0f} tok/s"
+      line += f" {base['name']} {base_tps:,.0f} tok/s"
       if base["compile_s"] is not None:
         line += f" (first step {base['compile_s']:.1f} s)"
       if peak:
@@ -253,14 +275,12 @@ def main():
       rec["matmul_floor_s"] = floor
       line += (f"\n  [{name}] matmul floor (each matmul of the step timed alone, summed): {floor * 1e3:,.0f} ms = "
                f"{batch * seq / floor:,.0f} tok/s at most; our step {step_s * 1e3:,.0f} ms = {step_s / floor:.2f}x the floor")
-      if not args.no_baseline:
+      if run_baseline:
         line += f"; PyTorch step {batch * seq / base_tps * 1e3:,.0f} ms"
-    print(line, flush=True)
-    records.append(rec)
+    if line != f"[{name}] baseline:":
+      print(line, flush=True)
+    _write(args.json, records)
   ratio, o, b = min(results, key=lambda r: r[0] if r[0] == r[0] else float("inf"))
-  if args.json:
-    from llamalogue.paths import atomic_write
-    atomic_write(args.json, json.dumps(records, indent=2))
   print(f"ratio={ratio:.3f} ours={o:.1f} baseline={b:.1f} unit=tokens/s")
 
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llamalogue.errors import ConfigError
 
 KERNELS = ("cpu", "accelerator")
 
@@ -40,7 +41,6 @@ def select_kernels(override: str | None = None) -> str:
   if choice == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "accelerator"
   if choice not in KERNELS:
-    from llamalogue.errors import ConfigError
     raise ConfigError(f"LLAMALOGUE_KERNELS / kernels=: {choice!r} is not auto, cpu or accelerator")
   return choice
 
@@ -52,7 +52,6 @@ def attention_implementation(dtype) -> str:
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
   if choice not in ("xla", "cudnn"):
-    from llamalogue.errors import ConfigError
     raise ConfigError(f"LLAMALOGUE_ATTENTION: {choice!r} is not auto, xla or cudnn")
   return choice
 
