@@ -179,7 +179,7 @@ def torch_baseline(cfg, batch, seq, steps, warmup) -> dict:
   name = (f"torch.compile HF LlamaForCausalLM sdpa{' bf16 autocast' if autocast else ''} + fused AdamW (CUDA)"
           if cuda else "eager HF LlamaForCausalLM fp32 + AdamW (CPU)")
   return {"tok_s": batch * seq / float(np.median(times)), "compile_s": first_s if cuda else None,
-          "name": name, "loss": float(loss)}
+          "name": name, "loss": float(loss.detach())}
 
 
 def _torch_has_cuda() -> bool:
