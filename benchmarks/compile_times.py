@@ -4,7 +4,7 @@
   python benchmarks/compile_times.py --what=train,layers  # a subset
   LLAMALOGUE_KERNELS=accelerator python benchmarks/compile_times.py --dtype=bfloat16   # the GPU graph, on CPU
 
-Entries (seconds of `lower` and of `compile`, each a fresh jax.jit):
+Entries (seconds of `lower` and of `compile`, each a fresh jax.jit, after one small warm-up compile):
 - init: the jitted train-state init, PRNG key as an argument (step.jit_init_state), and for
   comparison the old init with the seed closed over (`jax.jit(lambda: init_state(...))`);
 - train: the train step at 64x128 and 32x512;
@@ -81,6 +81,8 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  jax {jax.__version__}  preset "
         f"{args.preset} {args.dtype}  kernels {ops.select_kernels()}", flush=True)
   rows = []
+  # One-time costs (XLA's backend, jax's tracing caches) would land on the first entry: pay them here.
+  train_step_times(dataclasses.replace(M.PRESETS["tiny"], num_layers=1, dtype=args.dtype), 8, 16)
 
   def report(name, r):
     rows.append({"entry": name, **r})

@@ -18,6 +18,9 @@
 # A stage cut off by its limit is recorded as `timeout` (what it wrote so far is kept): a train
 # step that compiles for minutes shows up as exactly that.
 #
+# GPU_CHECK_COMPILE=1 adds a 4th stage (outside the 6 minutes, GPU_CHECK_COMPILE_S=300):
+#   benchmarks/compile_times.py --what=train,layers: train-step compile time at 64x128 and 32x512
+#   and with 4, 8, 16 layers (does a lax.scan over layers pay?).
 # GPU_CHECK_TINY=1: the same stages reduced for a CPU (tiny preset, a few steps, 40 items per
 # task), to prove the script end to end without an accelerator.
 set -uo pipefail
@@ -74,6 +77,12 @@ stage pretrain "${LIMITS[1]}" "$PY" main.py "${PRETRAIN_ARGS[@]}" --workdir="$OU
 stage eval "${LIMITS[2]}" "$PY" main.py "${EVAL_ARGS[@]}" --config.init_from="$OUT/pretrain" \
   --config.tasks=dialogue_word,dialogue_token --workdir="$OUT/eval"
 
+if [[ "${GPU_CHECK_COMPILE:-0}" == 1 ]]; then
+  if [[ "$TINY" == 1 ]]; then COMPILE_ARGS=(--preset=tiny --dtype=float32); else COMPILE_ARGS=(--dtype=bfloat16); fi
+  stage compile_times "${GPU_CHECK_COMPILE_S:-300}" "$PY" benchmarks/compile_times.py "${COMPILE_ARGS[@]}" \
+    --what=train,layers --json="$OUT/compile_times.json"
+fi
+
 "$PY" - "$OUT" "$DATA" "$TINY" <<'EOF'
 """Collects the stages into OUT/gpu_check.json and OUT/gpu_check.md."""
 import glob, json, os, pathlib, sys
@@ -107,8 +116,9 @@ try:
   device = f"{jax.devices()[0].device_kind} x{jax.device_count()} (jax {jax.__version__})"
 except Exception as e:  # the summary must be written whatever broke
   device = f"unknown ({e})"
+compile_times = load(out / "compile_times.json") if any(s["name"] == "compile_times" for s in stages) else None
 summary = {"device": device, "tiny": tiny, "data": data, "stages": stages, "throughput": bench,
-           "pretrain": pretrain, "eval": evals}
+           "pretrain": pretrain, "eval": evals, "compile_times": compile_times}
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 f = lambda x, spec=",.0f": "-" if x is None else format(x, spec)
@@ -132,6 +142,9 @@ md += ["", f"- pre-training: {s.get('steps', '-')} steps, {f(s.get('words_seen')
        f"{f(s.get('final_eval_loss'), '.3f')}; {f(pretrain['tokens_per_s_after_first_log'])} tok/s after the first "
        f"log, MFU {pct(last.get('perf/mfu'))} at the last"]
 md += [f"- {n}: accuracy {pct(v['score'])} over {v['items']} pairs" for n, v in evals.items() if n != "seconds"]
+if compile_times:
+  md += ["", "| jitted entry | lower s | compile s |", "|---|---:|---:|"]
+  md += [f"| {r['entry']} | {r['lower_s']:.1f} | {r['compile_s']:.1f} |" for r in compile_times]
 (out / "gpu_check.md").write_text("\n".join(md) + "\n")
 print("\n".join(md))
 print(f"summary: {out / 'gpu_check.json'} {out / 'gpu_check.md'}")
