@@ -1,23 +1,34 @@
-"""Tokens/s of our full train step vs Hugging Face LlamaForCausalLM + torch.optim.AdamW.
+"""Tokens/s of our full train step vs Hugging Face LlamaForCausalLM + torch AdamW, same shape, same run.
 
-Same shape, batch and sequence length, fp32, on this machine, in one run. Also reports
-our achieved FLOP/s (6N + 12·L·H·Q·T per token) against a measured fp32 matmul ceiling.
+- CPU: the baseline is eager PyTorch in float32 (`--dtype=float32`).
+- CUDA (a CUDA build of PyTorch present): the baseline is `torch.compile`d LlamaForCausalLM
+  (sdpa attention) under bf16 autocast when `--dtype=bfloat16`, with fused AdamW, on the
+  same GPU and shape.
+
+Also reports our achieved FLOP/s (6N + 12·L·H·Q·T per token) against a measured matmul
+ceiling, the compile time of each side, and on known accelerators the MFU of both and the
+projected wall time of the study's 100 M-word pre-training (10 epochs of 10 M words) at
+the measured rate; tokens per word come from `--prepared DIR/stats.json` (a `prepare`
+output), else the value measured on all of CHILDES (TOKENS_PER_WORD).
 
   python benchmarks/train_throughput.py                 # tiny and 135M shapes (CPU: ~10 min)
   python benchmarks/train_throughput.py --shape=tiny --floor   # + the sum of the step's matmuls, timed alone
-  python benchmarks/train_throughput.py --shape=135m --dtype=bfloat16 --batch=32 --seq=512 --no-baseline  # GPU
+  python benchmarks/train_throughput.py --shape=135m --dtype=bfloat16 --batch=32 --seq=512   # GPU
 
 Last line: ratio=<ours/baseline> ours=<tokens/s> baseline=<tokens/s> unit=tokens/s
-(for several shapes: the shape with the lowest ratio).
+(for several shapes: the shape with the lowest ratio). `--json=PATH` writes every number.
 """
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# PyTorch runs in this process too: JAX must not take 75% of the GPU's memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +38,12 @@ import numpy as np
 from llamalogue import model as M
 from llamalogue import runtime, sharding, step
 from llamalogue.train import measured_matmul_flops, table_peak_flops
+
+# Tokens per lexical word of the pre-training split, measured on all of ../shared/data/childes
+# (`configs/prepare.py`: 10,835,742 train tokens / 4,893,039 words; speaker tags, punctuation and
+# EOS are tokens but not words).
+TOKENS_PER_WORD = 2.21
+STUDY_WORDS = 100e6   # 10 epochs x 10 M words (STUDY.md §2)
 
 SHAPES = {
     "tiny": (dataclasses.replace(M.PRESETS["tiny"], vocab_size=8192), 16, 128),
@@ -39,18 +56,32 @@ def _opt():
                                         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
 
 
-def ours(cfg, batch, seq, steps, warmup):
+def tokens_per_word(prepared: str) -> tuple[float, str]:
+  """(tokens per word of the pre-training split, where the number comes from)."""
+  if prepared:
+    from llamalogue.data.prepare import use_prepared
+    path = use_prepared(prepared) / "stats.json"
+    stats = json.loads(path.read_text())
+    return stats["tokens"]["train"] / max(stats["words"]["pretrain"], 1), str(path)
+  return TOKENS_PER_WORD, "TOKENS_PER_WORD (all of CHILDES)"
+
+
+def ours(cfg, batch, seq, steps, warmup) -> dict:
+  """Tokens/s of our jitted train step (the init jitted with its key as an argument), and compile seconds."""
   mesh = sharding.make_mesh(-1, 1)
-  graphdef, params = step.init_params(cfg, 0)
   tx, _ = step.make_optimizer(_opt(), 1000)
-  state = step.init_state(params, tx)
-  shardings = sharding.tree_shardings(state, mesh)
-  state = sharding.shard(state, shardings)
-  train = step.jit_train_step(step.lm_loss(graphdef), tx, mesh, shardings)
+  shardings = sharding.tree_shardings(step.abstract_train_state(cfg, tx), mesh)
+  t0 = time.perf_counter()
+  state = jax.block_until_ready(step.init_train_state(cfg, tx, jax.random.key(0), shardings))
+  init_s = time.perf_counter() - t0
+  train = step.jit_train_step(step.lm_loss(M.abstract_model(cfg)[0]), tx, mesh, shardings)
   rs = np.random.RandomState(0)
   toks = rs.randint(0, cfg.vocab_size, (1, batch, seq + 1)).astype(np.int32)
   b = {"inputs": toks[..., :-1], "targets": toks[..., 1:], "loss_mask": np.ones((1, batch, seq), np.float32)}
   b = jax.device_put(b, sharding.batch_sharding(mesh, 1))
+  t0 = time.perf_counter()
+  train = train.lower(state, b).compile()
+  compile_s = time.perf_counter() - t0
   for _ in range(warmup):
     state, m = train(state, b)
   jax.block_until_ready(m["loss"])
@@ -60,7 +91,8 @@ def ours(cfg, batch, seq, steps, warmup):
     state, m = train(state, b)
     jax.block_until_ready(m["loss"])
     times.append(time.perf_counter() - t0)
-  return batch * seq / float(np.median(times))
+  return {"tok_s": batch * seq / float(np.median(times)), "compile_s": compile_s, "init_s": init_s,
+          "loss": float(m["loss"])}
 
 
 def _median_seconds(fn, *args, reps=7):
@@ -103,44 +135,80 @@ def matmul_floor(cfg, batch, seq):
   return total + cfg.num_layers * per_layer
 
 
-def torch_baseline(cfg, batch, seq, steps, warmup):
+def torch_baseline(cfg, batch, seq, steps, warmup) -> dict:
+  """HF LlamaForCausalLM + AdamW: eager fp32 on CPU; on CUDA torch.compile, sdpa, fused AdamW,
+  bf16 autocast when cfg.dtype is bfloat16. Compile seconds = the first step's time on CUDA."""
   import torch
   from transformers import LlamaConfig, LlamaForCausalLM
+  cuda = torch.cuda.is_available()
+  device = "cuda" if cuda else "cpu"
   torch.manual_seed(0)
   hf = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                    num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                    num_key_value_heads=cfg.num_kv_heads, tie_word_embeddings=cfg.tie_embeddings,
                    rms_norm_eps=cfg.rms_norm_eps, max_position_embeddings=max(seq, 512))
-  model = LlamaForCausalLM(hf).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
-  x = torch.randint(0, cfg.vocab_size, (batch, seq))
+  if cuda:
+    hf._attn_implementation = "sdpa"
+  model = LlamaForCausalLM(hf).to(device).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda)
+  x = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+  forward = torch.compile(model) if cuda else model
+  autocast = cuda and cfg.dtype == "bfloat16"
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
 
   def one():
-    out = model(input_ids=x, labels=x)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+      out = forward(input_ids=x, labels=x)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    return out.loss
 
-  for _ in range(warmup):
+  t0 = time.perf_counter()
+  one()
+  sync()
+  first_s = time.perf_counter() - t0
+  for _ in range(max(warmup - 1, 0)):
     one()
+  sync()
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    one()
+    loss = one()
+    sync()
     times.append(time.perf_counter() - t0)
-  return batch * seq / float(np.median(times))
+  name = (f"torch.compile HF LlamaForCausalLM sdpa{' bf16 autocast' if autocast else ''} + fused AdamW (CUDA)"
+          if cuda else "eager HF LlamaForCausalLM fp32 + AdamW (CPU)")
+  return {"tok_s": batch * seq / float(np.median(times)), "compile_s": first_s if cuda else None,
+          "name": name, "loss": float(loss.detach())}
+
+
+def _torch_has_cuda() -> bool:
+  try:
+    import torch
+  except ImportError:
+    return False
+  return torch.cuda.is_available()
+
+
+def _write(path: str, records: list) -> None:
+  if path:
+    from llamalogue.paths import atomic_write
+    atomic_write(path, json.dumps(records, indent=2))
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--shape", default="both", choices=["tiny", "135m", "both"])
-  p.add_argument("--steps", type=int, default=0, help="timed steps (0: 10 tiny, 4 for 135m)")
+  p.add_argument("--steps", type=int, default=0, help="timed steps (0: 10 tiny, 4 for 135m on CPU, 20 on accelerators)")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--batch", type=int, default=0)
   p.add_argument("--seq", type=int, default=0)
-  p.add_argument("--no-baseline", action="store_true", help="skip PyTorch (e.g. on a GPU: report MFU only)")
+  p.add_argument("--no-baseline", action="store_true", help="skip PyTorch (report ours and MFU only)")
   p.add_argument("--floor", action="store_true", help="also time the step's matmuls one by one (their sum bounds the step)")
+  p.add_argument("--prepared", default="", help="a `prepare` data directory: tokens per word for the projection")
+  p.add_argument("--json", default="", help="also write every number to this JSON file")
   args = p.parse_args()
   # The process-level malloc setting main.py applies (llamalogue/runtime.py); PyTorch runs in
   # this same process, so it gets it too. LLAMALOGUE_MALLOC=system measures without it.
@@ -148,40 +216,79 @@ def main():
   shapes = ["tiny", "135m"] if args.shape == "both" else [args.shape]
   accel = jax.default_backend() != "cpu"
   ceiling = measured_matmul_flops(8192 if accel else 2048, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  measured {args.dtype} matmul ceiling "
-        f"{ceiling / 1e9:,.0f} GFLOP/s; malloc keeps freed memory: {tuned}")
-  results = []
+  tpw, tpw_source = tokens_per_word(args.prepared)
+  from llamalogue import ops
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  jax {jax.__version__}  kernels "
+        f"{ops.select_kernels()}  measured {args.dtype} matmul ceiling {ceiling / 1e9:,.0f} GFLOP/s; "
+        f"malloc keeps freed memory: {tuned}", flush=True)
+  results, records = [], []
   for name in shapes:
     cfg, batch, seq = SHAPES[name]
     cfg = dataclasses.replace(cfg, dtype=args.dtype)
     batch, seq = args.batch or batch, args.seq or seq
-    steps = args.steps or (10 if name == "tiny" else 4)
-    ours_tps = ours(cfg, batch, seq, steps, warmup=2)
+    steps = args.steps or (20 if accel else 10 if name == "tiny" else 4)
+    mine = ours(cfg, batch, seq, steps, warmup=2)
+    ours_tps = mine["tok_s"]
     fpt = M.flops_per_token(cfg, seq)
+    rec = {"shape": name, "params": M.count_params(cfg), "batch": batch, "seq": seq, "dtype": args.dtype,
+           "device": jax.devices()[0].device_kind, "ours_tok_s": ours_tps, "ours_compile_s": mine["compile_s"],
+           "ours_init_s": mine["init_s"], "ours_loss": mine["loss"], "flops_per_token": fpt,
+           "ours_flops_s": ours_tps * fpt, "ceiling_flops_s": ceiling,
+           "kernels": ops.select_kernels(), "tokens_per_word": tpw, "tokens_per_word_source": tpw_source}
     line = (f"[{name}] params {M.count_params(cfg) / 1e6:.1f}M batch {batch}x{seq} {args.dtype}: ours "
             f"{ours_tps:,.0f} tok/s = {ours_tps * fpt / 1e9:,.1f} GFLOP/s "
-            f"({100 * ours_tps * fpt / ceiling:.0f}% of the measured ceiling)")
+            f"({100 * ours_tps * fpt / ceiling:.0f}% of the measured ceiling); compile {mine['compile_s']:.1f} s, "
+            f"init {mine['init_s']:.1f} s")
     peak = table_peak_flops()
     if peak:
-      line += f", MFU {100 * ours_tps * fpt / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s"
-      for words, tok_per_word in [(100e6, 1.6)]:
-        line += f"; projected {words / 1e6:.0f}M-word run ({tok_per_word} tok/word): {words * tok_per_word / ours_tps / 3600:.2f} h"
-    if not args.no_baseline:
+      rec["peak_flops_s"] = peak
+      rec["ours_mfu"] = ours_tps * fpt / peak
+      rec["projected_study_hours"] = STUDY_WORDS * tpw / ours_tps / 3600
+      line += (f", MFU {100 * rec['ours_mfu']:.1f}% of {peak / 1e12:.0f} TFLOP/s; projected "
+               f"{STUDY_WORDS / 1e6:.0f}M-word pre-training ({tpw:.2f} tok/word): {rec['projected_study_hours']:.2f} h")
+    records.append(rec)
+    _write(args.json, records)                 # ours is on disk even if the baseline is cut short
+    print(line, flush=True)
+    line = f"[{name}] baseline:"
+    run_baseline = not args.no_baseline and not (accel and not _torch_has_cuda())
+    if not args.no_baseline and not run_baseline:
+      rec["baseline"] = "skipped: this PyTorch has no CUDA (an fp32 CPU baseline of an accelerator run means nothing)"
+      line += " " + rec["baseline"]
+    if run_baseline:
       import torch
       torch.set_num_threads(os.cpu_count())
-      base_tps = torch_baseline(cfg, batch, seq, steps, warmup=2)
-      line += f"; PyTorch {base_tps:,.0f} tok/s; ratio {ours_tps / base_tps:.2f}"
+      try:
+        base = torch_baseline(cfg, batch, seq, steps, warmup=2)
+      except Exception as e:  # e.g. torch.compile without a working compiler: keep our numbers, say why
+        rec["baseline"] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        print(f"{line} {rec['baseline']}", flush=True)
+        _write(args.json, records)
+        results.append((float("nan"), ours_tps, float("nan")))
+        continue
+      base_tps = base["tok_s"]
+      rec.update(baseline=base["name"], baseline_tok_s=base_tps, baseline_compile_s=base["compile_s"],
+                 baseline_loss=base["loss"], ratio=ours_tps / base_tps)
+      line += f" {base['name']} {base_tps:,.0f} tok/s"
+      if base["compile_s"] is not None:
+        line += f" (first step {base['compile_s']:.1f} s)"
+      if peak:
+        rec["baseline_mfu"] = base_tps * fpt / peak
+        line += f", MFU {100 * rec['baseline_mfu']:.1f}%"
+      line += f"; ratio {ours_tps / base_tps:.2f}"
       results.append((ours_tps / base_tps, ours_tps, base_tps))
     else:
       results.append((float("nan"), ours_tps, float("nan")))
     if args.floor:
       floor = matmul_floor(cfg, batch, seq)
       step_s = batch * seq / ours_tps
+      rec["matmul_floor_s"] = floor
       line += (f"\n  [{name}] matmul floor (each matmul of the step timed alone, summed): {floor * 1e3:,.0f} ms = "
                f"{batch * seq / floor:,.0f} tok/s at most; our step {step_s * 1e3:,.0f} ms = {step_s / floor:.2f}x the floor")
-      if not args.no_baseline:
+      if run_baseline:
         line += f"; PyTorch step {batch * seq / base_tps * 1e3:,.0f} ms"
-    print(line, flush=True)
+    if line != f"[{name}] baseline:":
+      print(line, flush=True)
+    _write(args.json, records)
   ratio, o, b = min(results, key=lambda r: r[0] if r[0] == r[0] else float("inf"))
   print(f"ratio={ratio:.3f} ours={o:.1f} baseline={b:.1f} unit=tokens/s")
 

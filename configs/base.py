@@ -27,6 +27,9 @@ def data(tiny: bool = False) -> ml_collections.ConfigDict:
   d.vocab_size = 8_465          # byte-level BPE incl. <|endoftext|>
   d.seq_len = 128               # training window (read by the iterator, not by prepare)
   d.num_workers = 2             # processes reading transcripts
+  # A data directory made by `prepare` (maybe on another machine): used as it is, checked by its
+  # DONE manifest, tokenizer and token arrays; `childes` is then not read. "" = prepare in DIR/data.
+  d.prepared = ""
   if tiny:
     # Ten small corpora (~1.4 MB zipped): ~90 k words of pre-training dialogue.
     d.childes = ",".join(f"data:childes/{c}.zip" for c in (

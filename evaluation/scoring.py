@@ -172,13 +172,13 @@ def tail_batch_size(n: int, smallest: int = 8) -> int:
 _COMPILED: dict = {}   # share_key -> jitted functions, reused by every scorer of the same model shape
 
 
-def _compile(apply_fn, prefix_fn, bow_V, jit: bool):
-  """The (full rows, shared prefix) statistics functions, jitted."""
+def _compile(apply_fn, prefix_fn, jit: bool):
+  """The (full rows, shared prefix) statistics functions, jitted; the BOW mask is an argument (None: no BOW)."""
 
-  def stats(params, tokens_BxL):
+  def stats(params, tokens_BxL, bow_V):
     return token_stats(apply_fn(params, tokens_BxL), tokens_BxL, bow_V)
 
-  def group_stats(params, prefix_BxP, prefix_len_B, cont_BxKxC, last_tok_B):
+  def group_stats(params, prefix_BxP, prefix_len_B, cont_BxKxC, last_tok_B, bow_V):
     last_BxV, cont_BxKxCxV = prefix_fn(params, prefix_BxP, prefix_len_B, cont_BxKxC)
     b, k, c, v = cont_BxKxCxV.shape
     logits = jnp.concatenate([jnp.broadcast_to(last_BxV[:, None, None, :], (b, k, 1, v)), cont_BxKxCxV], 2)
@@ -224,16 +224,15 @@ class Scorer:
     self.pad_id = self.tokenizer.pad_token_id
     if self.pad_id is None:
       self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-    key = None if self.share_key is None else (
-        self.share_key, self.jit, self.bow_correction and self.bow_V.tobytes(), self.prefix_fn is not None)
+    key = None if self.share_key is None else (self.share_key, self.jit, self.prefix_fn is not None)
     if key is not None and key in _COMPILED:
       fns = _COMPILED[key]
     else:
-      fns = _compile(self.apply_fn, self.prefix_fn, jnp.asarray(self.bow_V) if self.bow_correction else None,
-                     self.jit)
+      fns = _compile(self.apply_fn, self.prefix_fn, self.jit)
       if key is not None:
         _COMPILED[key] = fns
     self._stats, self._group_stats = fns
+    self._bow_arg = jnp.asarray(self.bow_V) if self.bow_correction else None   # data: an argument, never a constant
     self._cache: dict[tuple[str, int], float] = {}   # (text, span_start) -> score, across tasks
     self.is_bow_V = self.bow_V if self.bow_V is not None else np.zeros(self.vocab_size, bool)
 
@@ -339,7 +338,7 @@ class Scorer:
           lengths += [len(r) - n + 1 for r in rows]
           firsts += list(np.asarray(f) - (n - 1))
         tok_lp, bow_lp = jax.device_get(self._group_stats(self.params, jnp.asarray(prefix), jnp.asarray(prefix_len),
-                                                          jnp.asarray(cont), jnp.asarray(last_tok)))
+                                                          jnp.asarray(cont), jnp.asarray(last_tok), self._bow_arg))
         m = len(chunk) * k
         tokens = np.concatenate([np.repeat(last_tok[:, None, None], k, 1), cont], 2).reshape(bsz * k, c + 1)
         scores = span_scores(np.asarray(tok_lp[:m]), np.asarray(bow_lp[:m]), self.is_bow_V[tokens[:m]],
@@ -367,7 +366,7 @@ class Scorer:
       tokens_BxL = np.full((bsz, pad_len), self.pad_id, np.int32)
       for b, r in enumerate(rows):
         tokens_BxL[b, :lengths[r]] = ids[r]
-      tok_lp, bow_lp = jax.device_get(self._stats(self.params, jnp.asarray(tokens_BxL)))
+      tok_lp, bow_lp = jax.device_get(self._stats(self.params, jnp.asarray(tokens_BxL), self._bow_arg))
       n = len(rows)
       out[rows] = span_scores(np.asarray(tok_lp[:n]), np.asarray(bow_lp[:n]), self.is_bow_V[tokens_BxL[:n]],
                               lengths[rows], first[rows], bow_correction)

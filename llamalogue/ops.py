@@ -1,27 +1,84 @@
-"""Two fused operations with hand-written backward passes, for speed on CPU (and memory everywhere).
+"""Attention and the output-head loss, with kernels chosen per backend.
 
 - `rope_attention(q, k, v, cos, sin)`: rotary embedding + causal grouped-query attention.
-  Heads are moved once to a head-major layout in which rotary, scores, softmax and the
-  weighted sum are all contiguous, and the backward pass (softmax gradient, inverse
-  rotation) is written out, so XLA never fuses an elementwise op into a strided transpose.
 - `linear_cross_entropy(h, w, targets, mask)`: output projection + masked next-token
-  cross-entropy, summed. Tokens are processed in chunks; the gradient with respect to
-  `h` and `w` is computed in the same pass as the loss, so the `[tokens, vocab]` logits
-  are never held in memory whole and are never recomputed.
+  cross-entropy, summed; the `[tokens, vocab]` logits are never held in memory whole.
 
-Both equal the plain formulation (model.py's reference path) to float32 rounding; the
-tests check values and gradients against it.
+Two kernel sets, picked at trace time by `select_kernels()` (the backend, or the override
+`LLAMALOGUE_KERNELS=cpu|accelerator`, or the functions' `kernels=` argument):
+
+- `cpu` (XLA:CPU): hand-written backward passes. Attention moves heads once to a
+  head-major layout in which rotary, scores, softmax and the weighted sum are all
+  contiguous, so XLA never fuses an elementwise op into a strided transpose. The loss
+  computes the gradient with respect to `h` and `w` in the same chunked pass as the
+  loss, so logits are never recomputed.
+- `accelerator` (GPU/TPU): rotary embedding, then `jax.nn.dot_product_attention`
+  (cuDNN flash attention on GPU in bfloat16/float16, XLA otherwise; override with
+  `LLAMALOGUE_ATTENTION=xla|cudnn`). The loss is a scan over large token chunks with
+  logits in the compute dtype, logsumexp in float32, and a backward pass that
+  recomputes each chunk's logits (only `[tokens]` log-normalisers are kept).
+
+Both equal the plain formulation (model.py's reference path) to rounding; the tests
+check values and gradients of both sets against it on CPU.
 """
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llamalogue.errors import ConfigError
 
-# ----------------------------------------------------------------------------- attention
+KERNELS = ("cpu", "accelerator")
+
+
+def select_kernels(override: str | None = None) -> str:
+  """The kernel set to trace with: `override`, else $LLAMALOGUE_KERNELS, else by `jax.default_backend()`."""
+  choice = override or os.environ.get("LLAMALOGUE_KERNELS", "") or "auto"
+  if choice == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "accelerator"
+  if choice not in KERNELS:
+    raise ConfigError(f"LLAMALOGUE_KERNELS / kernels=: {choice!r} is not auto, cpu or accelerator")
+  return choice
+
+
+def attention_implementation(dtype) -> str:
+  """`jax.nn.dot_product_attention`'s implementation: $LLAMALOGUE_ATTENTION, else cuDNN on GPU in 16 bits, else XLA."""
+  choice = os.environ.get("LLAMALOGUE_ATTENTION", "") or "auto"
+  if choice == "auto":
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+  if choice not in ("xla", "cudnn"):
+    raise ConfigError(f"LLAMALOGUE_ATTENTION: {choice!r} is not auto, xla or cudnn")
+  return choice
+
+
+def rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK, kernels: str | None = None):
+  """Causal attention of rotary-embedded queries and keys: `[B, L, H, K]` out.
+
+  `q` has H heads, `k`/`v` have G (H % G == 0: query head h attends with group h // (H/G),
+  as in Hugging Face's repeat_kv). `cos`/`sin` are the rotate-half tables `[B, L, K]`
+  (no gradient flows to them).
+  """
+  if select_kernels(kernels) == "cpu":
+    return rope_attention_cpu(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
+  cos, sin = jax.lax.stop_gradient(cos_BxLxK), jax.lax.stop_gradient(sin_BxLxK)
+  q, k = apply_rope(q_BxLxHxK, cos, sin), apply_rope(k_BxLxGxK, cos, sin)
+  return jax.nn.dot_product_attention(q, k, v_BxLxGxK, is_causal=True,
+                                      implementation=attention_implementation(q.dtype))
+
+
+def apply_rope(x_BxLxHxK, cos_BxLxK, sin_BxLxK):
+  """Rotary embedding in the HF rotate-half layout, computed in float32, returned in x's dtype."""
+  cos, sin = cos_BxLxK[:, :, None, :], sin_BxLxK[:, :, None, :]
+  x = x_BxLxHxK.astype(jnp.float32)
+  return (x * cos + rotate_half(x) * sin).astype(x_BxLxHxK.dtype)
+
+
+# ------------------------------------------------------------------ attention (XLA:CPU)
 
 def rotate_half(x):
   """HF's rotate_half: [x1, x2] -> [-x2, x1] over the last axis."""
@@ -68,13 +125,8 @@ def _attention_fwd_core(q, k, v, cos, sin):
 
 
 @jax.custom_vjp
-def rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK):
-  """Causal attention of rotary-embedded queries and keys: `[B, L, H, K]` out.
-
-  `q` has H heads, `k`/`v` have G (H % G == 0: query head h attends with group h // (H/G),
-  as in Hugging Face's repeat_kv). `cos`/`sin` are the rotate-half tables `[B, L, K]`
-  (no gradient flows to them).
-  """
+def rope_attention_cpu(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK):
+  """`rope_attention` for XLA:CPU: head-major layout, a written-out backward pass."""
   return _attention_fwd_core(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)[0]
 
 
@@ -106,7 +158,7 @@ def _attention_bwd(res, do_BxLxHxK):
           _heads_minor(dv[:, :, None].astype(dt)), jnp.zeros_like(cos), jnp.zeros_like(sin))
 
 
-rope_attention.defvjp(_attention_fwd, _attention_bwd)
+rope_attention_cpu.defvjp(_attention_fwd, _attention_bwd)
 
 
 # ------------------------------------------------------------------- output head + loss
@@ -119,6 +171,20 @@ def _divisor_at_most(n: int, k: int) -> int:
   return k
 
 
+def _to_chunks(x_BxL, chunk_len: int):
+  """[B, L, ...] -> [n, B * chunk_len, ...]: chunk j holds positions j*chunk_len.. of every row."""
+  b, l = x_BxL.shape[:2]
+  n = l // chunk_len
+  return jnp.swapaxes(x_BxL.reshape((b, n, chunk_len) + x_BxL.shape[2:]), 0, 1).reshape(
+      (n, b * chunk_len) + x_BxL.shape[2:])
+
+
+def _from_chunks(x_NxT, b: int):
+  n, t = x_NxT.shape[:2]
+  return jnp.swapaxes(x_NxT.reshape((n, b, t // b) + x_NxT.shape[2:]), 0, 1).reshape(
+      (b, n * (t // b)) + x_NxT.shape[2:])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _linear_ce(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len):
   return _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads=False)[0]
@@ -127,10 +193,8 @@ def _linear_ce(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len):
 def _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads):
   """Loop over chunks of `chunk_len` positions (all batch rows at once, so a batch-sharded
   input stays sharded): loss sum and, with_grads, d loss/d h and d loss/d w."""
-  b, l, d = h_BxLxD.shape
-  n = l // chunk_len
-  chunks = lambda x: jnp.swapaxes(x.reshape((b, n, chunk_len) + x.shape[2:]), 0, 1).reshape(
-      (n, b * chunk_len) + x.shape[2:])                               # [n, T = b * chunk_len, ...]
+  n = h_BxLxD.shape[1] // chunk_len
+  chunks = lambda x: _to_chunks(x, chunk_len)                         # [n, T = b * chunk_len, ...]
 
   def body(dw_DxV, x):
     h_TxD, tgt_T, m_T = x
@@ -152,7 +216,7 @@ def _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads):
   dw, (loss, dh) = jax.lax.scan(body, dw0, (chunks(h_BxLxD), chunks(targets_BxL), chunks(mask_BxL)),
                                 unroll=n == 1)
   if dh is not None:
-    dh = jnp.swapaxes(dh.reshape(n, b, chunk_len, d), 0, 1).reshape(b, l, d)
+    dh = _from_chunks(dh, h_BxLxD.shape[0])
   return jnp.sum(loss), dh, dw
 
 
@@ -170,12 +234,64 @@ def _linear_ce_bwd(chunk_len, res, g):
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
-def linear_cross_entropy(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_tokens: int = 256):
+def linear_cross_entropy(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_tokens: int | None = None,
+                         kernels: str | None = None):
   """sum over positions of mask * -log softmax(h @ w)[target], in float32.
 
   About `chunk_tokens` tokens (all batch rows × a run of positions) are projected at a
-  time. No gradient flows to `targets` or `mask`.
+  time (default: 256 on CPU, 4096 on accelerators). No gradient flows to `targets` or `mask`.
   """
+  which = select_kernels(kernels)
+  chunk_tokens = chunk_tokens or (256 if which == "cpu" else 4096)
   b, l, _ = h_BxLxD.shape
   chunk_len = _divisor_at_most(l, max(1, chunk_tokens // b))
-  return _linear_ce(h_BxLxD, w_DxV, targets_BxL, mask_BxL.astype(jnp.float32), chunk_len)
+  fn = _linear_ce if which == "cpu" else _linear_ce_recompute
+  return fn(h_BxLxD, w_DxV, targets_BxL, mask_BxL.astype(jnp.float32), chunk_len)
+
+
+# ------------------------------------------------------- output head + loss (accelerators)
+
+def _chunk_logits(h_TxD, w_DxV):
+  """Logits of one chunk in the compute dtype (float32 accumulation), read as float32 by the reductions."""
+  return jnp.dot(h_TxD, w_DxV, preferred_element_type=h_TxD.dtype).astype(jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _linear_ce_recompute(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len):
+  return _recompute_fwd(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len)[0]
+
+
+def _recompute_fwd(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len):
+  def body(_, x):
+    h_TxD, tgt_T = x
+    logits_TxV = _chunk_logits(h_TxD, w_DxV)
+    lse_T = jax.nn.logsumexp(logits_TxV, axis=-1)
+    picked_T = jnp.take_along_axis(logits_TxV, tgt_T[:, None], axis=-1)[:, 0]
+    return None, (lse_T, picked_T)
+
+  n = h_BxLxD.shape[1] // chunk_len
+  _, (lse_NxT, picked_NxT) = jax.lax.scan(
+      body, None, (_to_chunks(h_BxLxD, chunk_len), _to_chunks(targets_BxL, chunk_len)), unroll=n == 1)
+  loss = jnp.sum((lse_NxT - picked_NxT) * _to_chunks(mask_BxL, chunk_len))
+  return loss, (h_BxLxD, w_DxV, targets_BxL, mask_BxL, lse_NxT)
+
+
+def _recompute_bwd(chunk_len, res, g):
+  h_BxLxD, w_DxV, targets_BxL, mask_BxL, lse_NxT = res
+
+  def body(dw_DxV, x):
+    h_TxD, tgt_T, m_T, lse_T = x
+    p_TxV = jnp.exp(_chunk_logits(h_TxD, w_DxV) - lse_T[:, None])
+    onehot_TxV = jnp.arange(p_TxV.shape[-1]) == tgt_T[:, None]
+    g_TxV = ((p_TxV - onehot_TxV) * (g * m_T)[:, None]).astype(h_TxD.dtype)
+    dh_TxD = jnp.dot(g_TxV, w_DxV.T, preferred_element_type=jnp.float32).astype(h_TxD.dtype)
+    return dw_DxV + jnp.dot(h_TxD.T, g_TxV, preferred_element_type=jnp.float32), dh_TxD
+
+  n = h_BxLxD.shape[1] // chunk_len
+  xs = (_to_chunks(h_BxLxD, chunk_len), _to_chunks(targets_BxL, chunk_len), _to_chunks(mask_BxL, chunk_len), lse_NxT)
+  dw_DxV, dh_NxTxD = jax.lax.scan(body, jnp.zeros(w_DxV.shape, jnp.float32), xs, unroll=n == 1)
+  return (_from_chunks(dh_NxTxD, h_BxLxD.shape[0]), dw_DxV.astype(w_DxV.dtype),
+          np.zeros(targets_BxL.shape, jax.dtypes.float0), jnp.zeros_like(mask_BxL))
+
+
+_linear_ce_recompute.defvjp(_recompute_fwd, _recompute_bwd)

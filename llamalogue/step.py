@@ -40,8 +40,12 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
   return graphdef, model_lib.pure_dict(state)
 
 
-def init_params(model_cfg, seed: int) -> tuple[nnx.GraphDef, dict]:
-  """(graphdef, float32 params as a pure dict) of a freshly initialised Llama."""
+def init_params(model_cfg, seed) -> tuple[nnx.GraphDef, dict]:
+  """(graphdef, float32 params as a pure dict) of a freshly initialised Llama.
+
+  `seed` is an int or a PRNG key (`jax.random.key(seed)` gives the same parameters).
+  Under jit pass a key as an argument (see `jit_init_state`).
+  """
   return split_model(model_lib.Llama(model_cfg, rngs=nnx.Rngs(params=seed)))
 
 
@@ -79,6 +83,24 @@ def _global_norm(tree) -> jax.Array:
 
 def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def jit_init_state(model_cfg, tx: optax.GradientTransformation, state_shardings=None):
+  """`init(rng_key) -> train state` under jax.jit, laid out by `state_shardings` (None: XLA's choice).
+
+  The key is an argument: a seed closed over as a Python int makes every random
+  parameter one constant expression, which XLA:GPU folds on the host at compile time.
+  """
+  return jax.jit(lambda rng_key: init_state(init_params(model_cfg, rng_key)[1], tx), out_shardings=state_shardings)
+
+
+def init_train_state(model_cfg, tx: optax.GradientTransformation, rng_key: jax.Array, state_shardings=None) -> dict:
+  """A fresh train state computed on the devices: `init_train_state(cfg, tx, jax.random.key(seed), shardings)`.
+
+  Parameters equal `init_params(model_cfg, seed)` (to float32 rounding: XLA may fuse the
+  normal transform differently), so a run started this way trains like one started eagerly.
+  """
+  return jit_init_state(model_cfg, tx, state_shardings)(rng_key)
 
 
 def _mean_grads(loss_fn: LossFn, params, batch_AxB):
@@ -150,6 +172,11 @@ def jit_eval_loss(loss_fn: LossFn, mesh, params_shardings):
 def abstract_state(params_fn: Callable[[], dict], tx) -> dict:
   """Shapes and dtypes of a train state without computing it."""
   return jax.eval_shape(lambda: init_state(params_fn(), tx))
+
+
+def abstract_train_state(model_cfg, tx) -> dict:
+  """Shapes and dtypes of `init_train_state`'s result (for shardings and checkpoint restore targets)."""
+  return jax.eval_shape(jit_init_state(model_cfg, tx), jax.random.key(0))
 
 
 def lm_loss(graphdef: nnx.GraphDef) -> LossFn:

@@ -430,3 +430,66 @@ def test_tiny_config_on_real_data(tmp_path):
   assert stats["splits"]["pretrain"]["units"] > 100 and stats["tokens"]["valid"] > 0
   u = stats["utterances"]
   assert u["read"] == u["in_units"] + sum(u["dropped"].values())
+
+
+# ---------------------------------------------------------------- prepare once, train anywhere
+
+def test_prepared_dir_is_used_without_reading_childes(tmp_path, corpus, monkeypatch):
+  """`data.prepared` = a finished output: used as it is, the CHILDES paths need not exist."""
+  out = prepared(tmp_path, corpus)
+  elsewhere = tmp_path / "copied" / "data"
+  shutil.copytree(out, elsewhere)                                     # as if made on another machine
+  monkeypatch.setattr(prepare, "build", lambda *a, **k: pytest.fail("prepare rebuilt the data"))
+  monkeypatch.setattr(sources, "list_items", lambda *a, **k: pytest.fail("prepare read the CHILDES inputs"))
+  for given in (elsewhere, elsewhere.parent):                        # the data dir or the workdir holding it
+    config = make_config(tmp_path / "nowhere", prepared=str(given))
+    assert prepare.ensure_prepared(config, tmp_path / "train_run") == elsewhere
+  assert not (tmp_path / "train_run").exists()
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("no_dir", "path does not exist"),
+    ("no_done", "DONE is missing"),
+    ("bad_done", "DONE is not a JSON manifest"),
+    ("old_version", "prepare version 0"),
+    ("no_tokenizer", "tokenizer.json is missing"),
+    ("bad_tokenizer", "tokenizer.json is not a readable tokenizer"),
+    ("no_tokens", "train_tokens.npy is missing"),
+    ("short_words", "the arrays do not belong together"),
+    ("other_tokens", "stats.json counted"),
+])
+def test_bad_prepared_dir_is_one_clear_error(tmp_path, corpus, damage, match):
+  out = prepared(tmp_path, corpus)
+  bad = tmp_path / "bad" / "data"
+  shutil.copytree(out, bad)
+  if damage == "no_dir":
+    shutil.rmtree(bad)
+  elif damage == "no_done":
+    (bad / "DONE").unlink()
+  elif damage == "bad_done":
+    (bad / "DONE").write_text("{half")
+  elif damage == "old_version":
+    (bad / "DONE").write_text(json.dumps({**json.loads((bad / "DONE").read_text()), "version": 0}))
+  elif damage == "no_tokenizer":
+    (bad / "tokenizer.json").unlink()
+  elif damage == "bad_tokenizer":
+    (bad / "tokenizer.json").write_text('{"model": 3}')
+  elif damage == "no_tokens":
+    (bad / "train_tokens.npy").unlink()
+  elif damage == "short_words":
+    np.save(bad / "train_words.npy", np.load(bad / "train_words.npy")[:-1])
+  elif damage == "other_tokens":
+    tokens = np.load(bad / "train_tokens.npy")
+    np.save(bad / "train_tokens.npy", tokens[:-1])
+    np.save(bad / "train_words.npy", np.load(bad / "train_words.npy")[:-1])
+  with pytest.raises(DataError, match=match) as e:
+    prepare.ensure_prepared(make_config(tmp_path / "nowhere", prepared=str(bad)), tmp_path / "run2")
+  assert "\n" not in str(e.value) and str(e.value).startswith("config.data.prepared:")
+
+
+def test_main_pretrain_with_a_bad_prepared_dir(tmp_path):
+  r = _main(["--config=configs/pretrain.py:tiny", f"--workdir={tmp_path / 'run'}",
+             f"--config.data.prepared={tmp_path}", f"--config.data.childes={tmp_path / 'nowhere'}"])
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"error: config.data.prepared: {tmp_path / 'DONE'} is missing: not a finished `prepare` output")

@@ -1,6 +1,8 @@
-"""The fused ops equal the plain formulation: values and gradients, MHA/GQA/MQA, masks, chunking."""
+"""Both kernel sets of ops.py equal the plain formulation: values and gradients, MHA/GQA/MQA, masks,
+chunking, float32 and bfloat16. The accelerator set runs here through its XLA fallback."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,14 +12,19 @@ from flax import nnx
 
 from llamalogue import model as M
 from llamalogue import ops, step
+from llamalogue.errors import ConfigError
 
 
 def _reference_attention(q, k, v, cos, sin):
   return jax.nn.dot_product_attention(M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin), v, is_causal=True)
 
 
+KERNELS = ["cpu", "accelerator"]
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("heads,groups", [(4, 4), (6, 2), (5, 1)])
-def test_rope_attention_matches_reference(heads, groups):
+def test_rope_attention_matches_reference(heads, groups, kernels):
   b, l, d = 3, 12, 8
   ks = jax.random.split(jax.random.key(heads), 5)
   q = jax.random.normal(ks[0], (b, l, heads, d))
@@ -28,42 +35,58 @@ def test_rope_attention_matches_reference(heads, groups):
   cos, sin = M.rope_cos_sin(positions, d, 10_000.0)
   with jax.default_matmul_precision("highest"):
     ref = jax.value_and_grad(lambda *a: jnp.sum(_reference_attention(*a, cos, sin) * r), (0, 1, 2))(q, k, v)
-    new = jax.value_and_grad(lambda *a: jnp.sum(ops.rope_attention(*a, cos, sin) * r), (0, 1, 2))(q, k, v)
+    new = jax.value_and_grad(lambda *a: jnp.sum(ops.rope_attention(*a, cos, sin, kernels=kernels) * r),
+                             (0, 1, 2))(q, k, v)
     out_ref = _reference_attention(q, k, v, cos, sin)
-    out_new = jax.jit(ops.rope_attention)(q, k, v, cos, sin)
+    out_new = jax.jit(functools.partial(ops.rope_attention, kernels=kernels))(q, k, v, cos, sin)
   np.testing.assert_allclose(out_new, out_ref, atol=2e-6)
   np.testing.assert_allclose(new[0], ref[0], rtol=1e-5)
   for g_new, g_ref in zip(new[1], ref[1]):
     np.testing.assert_allclose(g_new, g_ref, atol=1e-5)
 
 
-def test_rope_attention_is_causal():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_rope_attention_is_causal(kernels):
   b, l, h, d = 1, 6, 2, 4
   q, k, v = (jax.random.normal(jax.random.key(i), (b, l, h, d)) for i in range(3))
   cos, sin = M.rope_cos_sin(jnp.arange(l)[None], d, 10_000.0)
-  out = ops.rope_attention(q, k, v, cos, sin)
+  out = ops.rope_attention(q, k, v, cos, sin, kernels=kernels)
   k2, v2 = k.at[:, 4:].set(7.0), v.at[:, 4:].set(-3.0)                 # change only the future of position 3
-  out2 = ops.rope_attention(q, k2, v2, cos, sin)
+  out2 = ops.rope_attention(q, k2, v2, cos, sin, kernels=kernels)
   np.testing.assert_array_equal(out[:, :4], out2[:, :4])
   assert not np.allclose(out[:, 4:], out2[:, 4:])
 
 
-def test_rope_attention_bfloat16_close_to_float32():
-  b, l, h, d = 2, 16, 4, 16
-  q, k, v = (jax.random.normal(jax.random.key(i), (b, l, h, d)) for i in range(3))
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("heads,groups", [(4, 4), (4, 2)])
+def test_rope_attention_bfloat16_matches_reference(heads, groups, kernels):
+  """bf16 in and out: values and gradients within bf16 rounding of the float32 reference on the same inputs."""
+  b, l, d = 2, 16, 16
+  ks = jax.random.split(jax.random.key(7), 4)
+  q, k, v, r = (jax.random.normal(kk, (b, l, n, d)).astype(jnp.bfloat16)
+                for kk, n in zip(ks, (heads, groups, groups, heads)))
   cos, sin = M.rope_cos_sin(jnp.arange(l)[None].repeat(b, 0), d, 10_000.0)
-  out32 = ops.rope_attention(q, k, v, cos, sin)
-  out16 = ops.rope_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), cos, sin)
+  f32 = lambda *a: tuple(x.astype(jnp.float32) for x in a)
+  with jax.default_matmul_precision("highest"):
+    ref = jax.value_and_grad(lambda *a: jnp.sum(_reference_attention(*a, cos, sin) * r.astype(jnp.float32)),
+                             (0, 1, 2))(*f32(q, k, v))
+  out16 = ops.rope_attention(q, k, v, cos, sin, kernels=kernels)
   assert out16.dtype == jnp.bfloat16
-  np.testing.assert_allclose(out16.astype(jnp.float32), out32, atol=0.05)
+  np.testing.assert_allclose(out16.astype(jnp.float32), _reference_attention(*f32(q, k, v), cos, sin), atol=0.05)
+  grads = jax.grad(lambda *a: jnp.sum((ops.rope_attention(*a, cos, sin, kernels=kernels) * r).astype(jnp.float32)),
+                   (0, 1, 2))(q, k, v)
+  for g16, g32 in zip(grads, ref[1]):
+    assert g16.dtype == jnp.bfloat16
+    assert float(jnp.linalg.norm(g16.astype(jnp.float32) - g32) / jnp.linalg.norm(g32)) < 0.02
 
 
 def _reference_ce(h, w, targets, mask):
   return jnp.sum(-M.token_logprobs(jnp.einsum("bld,dv->blv", h, w), targets) * mask)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("chunk_tokens", [1, 7, 24, 10_000])
-def test_linear_cross_entropy_matches_reference(chunk_tokens):
+def test_linear_cross_entropy_matches_reference(chunk_tokens, kernels):
   b, l, d, v = 3, 10, 8, 37
   ks = jax.random.split(jax.random.key(chunk_tokens), 4)
   h = jax.random.normal(ks[0], (b, l, d))
@@ -72,7 +95,7 @@ def test_linear_cross_entropy_matches_reference(chunk_tokens):
   mask = (jax.random.uniform(ks[3], (b, l)) > 0.3).astype(jnp.float32)
   with jax.default_matmul_precision("highest"):
     ref = jax.value_and_grad(_reference_ce, (0, 1))(h, w, targets, mask)
-    fused = lambda h, w: ops.linear_cross_entropy(h, w, targets, mask, chunk_tokens=chunk_tokens)
+    fused = lambda h, w: ops.linear_cross_entropy(h, w, targets, mask, chunk_tokens=chunk_tokens, kernels=kernels)
     new = jax.value_and_grad(fused, (0, 1))(h, w)
     primal = jax.jit(fused)(h, w)                                    # the no-gradient path
   np.testing.assert_allclose(new[0], ref[0], rtol=1e-6)
@@ -83,17 +106,42 @@ def test_linear_cross_entropy_matches_reference(chunk_tokens):
   assert np.all(np.asarray(new[1][0])[masked] == 0)                   # masked positions get no gradient
 
 
-def test_linear_cross_entropy_gradient_scales_with_cotangent():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_linear_cross_entropy_bfloat16_matches_reference(kernels):
+  """bf16 hidden states and head: loss and gradients within bf16 rounding of the float32 reference."""
+  b, l, d, v = 2, 16, 32, 300
+  ks = jax.random.split(jax.random.key(3), 4)
+  h = jax.random.normal(ks[0], (b, l, d)).astype(jnp.bfloat16)
+  w = (0.3 * jax.random.normal(ks[1], (d, v))).astype(jnp.bfloat16)
+  targets = jax.random.randint(ks[2], (b, l), 0, v)
+  mask = (jax.random.uniform(ks[3], (b, l)) > 0.2).astype(jnp.float32)
+  with jax.default_matmul_precision("highest"):
+    ref_v, ref_g = jax.value_and_grad(_reference_ce, (0, 1))(h.astype(jnp.float32), w.astype(jnp.float32),
+                                                              targets, mask)
+  loss, grads = jax.value_and_grad(
+      lambda h, w: ops.linear_cross_entropy(h, w, targets, mask, chunk_tokens=8, kernels=kernels), (0, 1))(h, w)
+  assert loss.dtype == jnp.float32
+  np.testing.assert_allclose(loss, ref_v, rtol=5e-3)
+  for g16, g32 in zip(grads, ref_g):
+    assert g16.dtype == jnp.bfloat16
+    assert float(jnp.linalg.norm(g16.astype(jnp.float32) - g32) / jnp.linalg.norm(g32)) < 0.02
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_linear_cross_entropy_gradient_scales_with_cotangent(kernels):
   h, w = jax.random.normal(jax.random.key(0), (2, 4, 3)), jax.random.normal(jax.random.key(1), (3, 5))
   t, m = jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4))
-  g1 = jax.grad(lambda h: ops.linear_cross_entropy(h, w, t, m))(h)
-  g3 = jax.grad(lambda h: -3.0 * ops.linear_cross_entropy(h, w, t, m))(h)
+  g1 = jax.grad(lambda h: ops.linear_cross_entropy(h, w, t, m, kernels=kernels))(h)
+  g3 = jax.grad(lambda h: -3.0 * ops.linear_cross_entropy(h, w, t, m, kernels=kernels))(h)
   np.testing.assert_allclose(g3, -3.0 * g1, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("tie", [False, True])
-def test_model_loss_equals_logits_loss(tie):
-  """next_token_loss (fused head) = the loss computed from the model's logits, values and gradients."""
+def test_model_loss_equals_logits_loss(tie, kernels, monkeypatch):
+  """next_token_loss (fused head) = the loss computed from the model's logits, values and gradients;
+  the kernel set is picked by $LLAMALOGUE_KERNELS, as on a machine without an accelerator."""
+  monkeypatch.setenv("LLAMALOGUE_KERNELS", kernels)
   cfg = dataclasses.replace(M.PRESETS["tiny"], vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                             num_kv_heads=2, intermediate_size=48, tie_embeddings=tie)
   graphdef, params = step.init_params(cfg, 0)
@@ -114,8 +162,10 @@ def test_model_loss_equals_logits_loss(tie):
     np.testing.assert_allclose(a, b, atol=2e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def test_model_loss_bfloat16_close_to_float32():
-  """bf16 compute (accelerators) through both fused ops: float32 gradients within ~1% of the float32 path."""
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_model_loss_bfloat16_close_to_float32(kernels, monkeypatch):
+  """bf16 compute (accelerators) through both ops: float32 gradients within ~1% of the float32 path."""
+  monkeypatch.setenv("LLAMALOGUE_KERNELS", kernels)
   cfg = dataclasses.replace(M.PRESETS["tiny"], vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                             num_kv_heads=2, intermediate_size=48)
   graphdef, params = step.init_params(cfg, 0)
@@ -128,3 +178,28 @@ def test_model_loss_bfloat16_close_to_float32():
   for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
     assert b.dtype == jnp.float32
     assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a)) < 0.03
+
+
+def test_kernel_selection(monkeypatch):
+  monkeypatch.delenv("LLAMALOGUE_KERNELS", raising=False)
+  assert ops.select_kernels() == ("cpu" if jax.default_backend() == "cpu" else "accelerator")
+  monkeypatch.setenv("LLAMALOGUE_KERNELS", "accelerator")
+  assert ops.select_kernels() == "accelerator"
+  assert ops.select_kernels("cpu") == "cpu"                             # the argument wins over the environment
+  monkeypatch.setenv("LLAMALOGUE_KERNELS", "tpu")
+  with pytest.raises(ConfigError, match="LLAMALOGUE_KERNELS"):
+    ops.select_kernels()
+  assert ops.attention_implementation(jnp.float32) == "xla"
+  assert ops.attention_implementation(jnp.bfloat16) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
+
+
+def test_accelerator_attention_goes_through_dot_product_attention(monkeypatch):
+  """The accelerator set calls jax.nn.dot_product_attention with the chosen implementation."""
+  seen = []
+  real = jax.nn.dot_product_attention
+  monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+  q = jnp.ones((1, 4, 2, 8))
+  cos, sin = M.rope_cos_sin(jnp.arange(4)[None], 8, 10_000.0)
+  ops.rope_attention(q, q, q, cos, sin, kernels="accelerator")
+  ops.rope_attention(q, q, q, cos, sin, kernels="cpu")
+  assert seen == [{"is_causal": True, "implementation": "xla"}]

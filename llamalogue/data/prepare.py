@@ -6,6 +6,11 @@ Writes DIR/data/ (see OUTPUTS). The directory is built as a temporary
 sibling and renamed into place, with a DONE manifest written last, so an
 interrupted run never leaves something a later run takes for complete. A
 run with the same inputs and config (same `key`) reuses it.
+
+Prepare once, train anywhere: `--config.data.prepared=PATH` (a `data/` directory
+made by `prepare`, possibly on another machine, or the workdir holding it) is used
+as it is, checked by its DONE manifest, tokenizer and token arrays; the CHILDES
+inputs are then not read (they need not exist).
 """
 
 import collections
@@ -48,8 +53,10 @@ def run(config, workdir) -> None:
 
 
 def ensure_prepared(config, workdir) -> pathlib.Path:
-  """DIR/data, built now if missing or stale (inputs or config changed)."""
+  """DIR/data, built now if missing or stale (inputs or config changed); or `config.data.prepared`."""
   d = _data_config(config)
+  if d.get("prepared"):
+    return use_prepared(d["prepared"])
   out = pathlib.Path(workdir).expanduser() / "data"
   items, bad = sources.list_items(d["childes"], strict=d["strict"])
   key = cache_key(d, items)
@@ -62,6 +69,55 @@ def ensure_prepared(config, workdir) -> pathlib.Path:
     _swap(tmp, out)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+  return out
+
+
+def use_prepared(path: str) -> pathlib.Path:
+  """A finished `prepare` output at `path` (or `path`/data), checked without its CHILDES inputs.
+
+  Raises DataError naming the file when the DONE manifest, a listed output, the
+  tokenizer or the token arrays are missing or unreadable.
+  """
+  from llamalogue import paths
+  out = paths.resolve(path, "config.data.prepared")
+  if not (out / "DONE").exists() and (out / "data" / "DONE").exists():
+    out = out / "data"
+  try:
+    manifest = json.loads((out / "DONE").read_text())
+  except OSError:
+    raise DataError(f"config.data.prepared: {out / 'DONE'} is missing: not a finished `prepare` output") from None
+  except ValueError:
+    raise DataError(f"config.data.prepared: {out / 'DONE'} is not a JSON manifest") from None
+  if not isinstance(manifest, dict) or manifest.get("version") != VERSION or not manifest.get("key"):
+    raise DataError(f"config.data.prepared: {out / 'DONE'} is from prepare version "
+                    f"{manifest.get('version') if isinstance(manifest, dict) else '?'}; this code reads version "
+                    f"{VERSION} (run `prepare` again)")
+  for name in [*manifest.get("files", []), *OUTPUTS]:
+    if not (out / name).exists():
+      raise DataError(f"config.data.prepared: {out / name} is missing (listed by {out / 'DONE'})")
+  try:
+    from tokenizers import Tokenizer
+    Tokenizer.from_file(str(out / "tokenizer.json"))
+  except Exception as e:  # the tokenizers library raises plain Exceptions on a bad file
+    raise DataError(f"config.data.prepared: {out / 'tokenizer.json'} is not a readable tokenizer: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+  import numpy as np
+  for split in ("train", "valid"):
+    try:
+      tokens = np.load(out / f"{split}_tokens.npy", mmap_mode="r")
+      words = np.load(out / f"{split}_words.npy", mmap_mode="r")
+    except (OSError, ValueError) as e:
+      raise DataError(f"config.data.prepared: {out / split}_*.npy: unreadable token arrays ({e})") from None
+    if tokens.ndim != 1 or words.shape != tokens.shape:
+      raise DataError(f"config.data.prepared: {out / (split + '_tokens.npy')} has shape {tokens.shape} but "
+                      f"{split}_words.npy has {words.shape}: the arrays do not belong together")
+    try:
+      counted = json.loads((out / "stats.json").read_text())["tokens"][split]
+    except (OSError, ValueError, KeyError, TypeError):
+      raise DataError(f"config.data.prepared: {out / 'stats.json'} has no tokens.{split} count") from None
+    if counted != tokens.shape[0]:
+      raise DataError(f"config.data.prepared: {out / (split + '_tokens.npy')} holds {tokens.shape[0]} tokens but "
+                      f"stats.json counted {counted}: the directory is incomplete or mixed")
   return out
 
 
@@ -139,6 +195,8 @@ def _data_config(config) -> dict:
   check(isinstance(d["speakers"], str), "speakers", "must be a comma-separated string")
   check(isinstance(d["childes"], str) and d["childes"].strip(), "childes",
         "must name ZIPs, directories, .cha files or URLs")
+  d.setdefault("prepared", "")
+  check(isinstance(d["prepared"], str), "prepared", "must be a path (or empty)")
   return d
 
 
