@@ -127,8 +127,8 @@ def run(config, workdir: str) -> dict:
       raise ConfigError(f"config.train.milestones: {t.milestones!r} is not a comma-separated list of word counts") from e
 
   tx, schedule = step_lib.make_optimizer(config.optimizer, total_steps)
-  graphdef, abstract_params = model_lib.abstract_model(model_cfg)
-  abstract = step_lib.abstract_state(lambda: model_lib.pure_dict(abstract_params), tx)
+  graphdef = model_lib.abstract_model(model_cfg)[0]
+  abstract = step_lib.abstract_train_state(model_cfg, tx)
   shardings = sharding_lib.tree_shardings(abstract, mesh)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
@@ -136,9 +136,7 @@ def run(config, workdir: str) -> dict:
     if init_params is not None:
       return sharding_lib.shard(step_lib.init_state(init_params, tx), shardings)
     # The key is an argument: a closed-over seed would make XLA fold all the random numbers at compile time.
-    init = jax.jit(lambda key: step_lib.init_state(step_lib.init_params(model_cfg, key)[1], tx),
-                   out_shardings=shardings)
-    return init(jax.random.key(config.seed))
+    return step_lib.init_train_state(model_cfg, tx, jax.random.key(config.seed), shardings)
 
   atomic_write(workdir / "run_config.json", config.to_json_best_effort(indent=2))
   train_step = step_lib.jit_train_step(step_lib.lm_loss(graphdef), tx, mesh, shardings)
