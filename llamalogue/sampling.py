@@ -69,17 +69,44 @@ def top_k_keep(z_BxV: jax.Array, top_k: jax.Array) -> jax.Array:
   return key_BxV >= _threshold(key_BxV, lo, jnp.max(key_BxV, axis=-1, keepdims=True), count_above)
 
 
-def top_p_keep(z_BxV: jax.Array, top_p: jax.Array) -> jax.Array:
-  """HF's top-p mask without a sort: keep token i iff the mass of the tokens more likely than it is < top_p.
+def top_p_keep(w_BxV: jax.Array, top_p: jax.Array) -> jax.Array:
+  """HF's top-p mask without a sort, from nonnegative weights (unnormalised probabilities):
+  keep token i iff the mass of the tokens more likely than it is < top_p.
 
-  The threshold on the probabilities' float bits (positive floats order like their bit
+  The threshold on the weights' float bits (nonnegative floats order like their bit
   patterns) is found by bisection: exact, tied tokens kept together.
   """
-  p_BxV = jax.nn.softmax(z_BxV, axis=-1)
-  bits_BxV = jax.lax.bitcast_convert_type(p_BxV, jnp.int32)
-  mass_above = lambda t: jnp.sum(jnp.where(bits_BxV > t, p_BxV, 0.0), axis=-1, keepdims=True) >= top_p
-  lo = jnp.full((z_BxV.shape[0], 1), -1, jnp.int32)
+  bits_BxV = jax.lax.bitcast_convert_type(w_BxV, jnp.int32)
+  goal_Bx1 = top_p * jnp.sum(w_BxV, axis=-1, keepdims=True)
+  mass_above = lambda t: jnp.sum(jnp.where(bits_BxV > t, w_BxV, 0.0), axis=-1, keepdims=True) >= goal_Bx1
+  lo = jnp.full((w_BxV.shape[0], 1), -1, jnp.int32)
   return bits_BxV >= _threshold(bits_BxV, lo, jnp.max(bits_BxV, axis=-1, keepdims=True), mass_above)
+
+
+def first_max(x_BxV: jax.Array) -> jax.Array:
+  """argmax (the first of tied maxima) as two plain reductions (XLA:CPU's argmax is ~3x slower)."""
+  is_max = x_BxV == jnp.max(x_BxV, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(is_max, jnp.arange(x_BxV.shape[-1], dtype=jnp.int32), x_BxV.shape[-1]), axis=-1)
+
+
+def inverse_cdf(w_BxV: jax.Array, key: jax.Array, chunk: int = 128) -> jax.Array:
+  """One index per row drawn with probability proportional to nonnegative weights `w`.
+
+  One uniform per row against the running sum of the weights (the first index whose
+  running sum exceeds it), as torch.multinomial; the running sum is taken in chunks
+  (a matmul with a triangular matrix, then the chunks' offsets), not element by element.
+  A zero-weight token is never drawn.
+  """
+  b, v = w_BxV.shape
+  pad = -v % chunk
+  w_BxC = jnp.pad(w_BxV, ((0, 0), (0, pad))).reshape(b, -1, chunk)
+  inner_BxNxC = jnp.dot(w_BxC, jnp.triu(jnp.ones((chunk, chunk), w_BxV.dtype)))
+  offset_BxN = jnp.cumsum(inner_BxNxC[..., -1], axis=-1) - inner_BxNxC[..., -1]
+  cum_BxV = (offset_BxN[..., None] + inner_BxNxC).reshape(b, -1)
+  u_Bx1 = jax.random.uniform(key, (b, 1)) * cum_BxV[:, -1:]
+  i_B = jnp.min(jnp.where(cum_BxV > u_Bx1, jnp.arange(v + pad, dtype=jnp.int32), v - 1), axis=-1)
+  picked_B = jnp.take_along_axis(w_BxV, i_B[:, None], axis=-1)[:, 0]
+  return jnp.where(picked_B > 0, i_B, first_max(w_BxV))   # a rounding tie at a zero weight: the likeliest
 
 
 def choose(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array,
@@ -89,22 +116,22 @@ def choose(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_p:
   The settings are traced scalars (one compiled program for all of them); a filter that
   keeps everything (top_k 0, top_p 1) is skipped at run time.
   """
-  everything = lambda: jnp.ones(logits_BxV.shape, bool)
+  pick = lambda x_BxV, i_B: jnp.take_along_axis(x_BxV, i_B[:, None], axis=-1)[:, 0]
 
   def sample():
     z_BxV = logits_BxV / temperature
-    z_BxV = jnp.where(jax.lax.cond(top_k > 0, lambda: top_k_keep(z_BxV, top_k), everything), z_BxV, -jnp.inf)
-    z_BxV = jnp.where(jax.lax.cond(top_p < 1, lambda: top_p_keep(z_BxV, top_p), everything), z_BxV, -jnp.inf)
-    lp_BxV = jax.nn.log_softmax(z_BxV, axis=-1)
-    token_B = jax.random.categorical(key, lp_BxV).astype(jnp.int32)
-    return token_B, jnp.take_along_axis(lp_BxV, token_B[:, None], axis=-1)[:, 0]
+    keep_BxV = jax.lax.cond(top_k > 0, lambda: top_k_keep(z_BxV, top_k), lambda: jnp.ones(z_BxV.shape, bool))
+    z_BxV = jnp.where(keep_BxV, z_BxV, -jnp.inf)
+    w_BxV = jnp.exp(z_BxV - jnp.max(z_BxV, axis=-1, keepdims=True))
+    w_BxV = jax.lax.cond(top_p < 1, lambda: jnp.where(top_p_keep(w_BxV, top_p), w_BxV, 0.0), lambda: w_BxV)
+    token_B = inverse_cdf(w_BxV, key)
+    return token_B, jnp.log(pick(w_BxV, token_B)) - jnp.log(jnp.sum(w_BxV, axis=-1))
 
   def argmax():
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32), jnp.zeros(logits_BxV.shape[:1], jnp.float32)
+    return first_max(logits_BxV), jnp.zeros(logits_BxV.shape[:1], jnp.float32)
 
   token_B, lp_B = jax.lax.cond(greedy, argmax, sample)
-  model_lp_B = jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits_BxV, -1)
-  return token_B, lp_B, model_lp_B
+  return token_B, lp_B, pick(logits_BxV, token_B) - jax.nn.logsumexp(logits_BxV, axis=-1)
 
 
 # ---------------------------------------------------------------------------- the decode loop
