@@ -93,20 +93,25 @@ def inverse_cdf(w_BxV: jax.Array, key: jax.Array, chunk: int = 128) -> jax.Array
   """One index per row drawn with probability proportional to nonnegative weights `w`.
 
   One uniform per row against the running sum of the weights (the first index whose
-  running sum exceeds it), as torch.multinomial; the running sum is taken in chunks
-  (a matmul with a triangular matrix, then the chunks' offsets), not element by element.
-  A zero-weight token is never drawn.
+  running sum exceeds it), as torch.multinomial, in two levels: the chunk of `chunk`
+  tokens where the running sum of chunk totals crosses, then the token inside it. A
+  zero-weight token is never drawn (if rounding leaves no crossing inside the chosen
+  chunk, its last positive token is taken).
   """
   b, v = w_BxV.shape
   pad = -v % chunk
-  w_BxC = jnp.pad(w_BxV, ((0, 0), (0, pad))).reshape(b, -1, chunk)
-  inner_BxNxC = jnp.dot(w_BxC, jnp.triu(jnp.ones((chunk, chunk), w_BxV.dtype)))
-  offset_BxN = jnp.cumsum(inner_BxNxC[..., -1], axis=-1) - inner_BxNxC[..., -1]
-  cum_BxV = (offset_BxN[..., None] + inner_BxNxC).reshape(b, -1)
-  u_Bx1 = jax.random.uniform(key, (b, 1)) * cum_BxV[:, -1:]
-  i_B = jnp.min(jnp.where(cum_BxV > u_Bx1, jnp.arange(v + pad, dtype=jnp.int32), v - 1), axis=-1)
-  picked_B = jnp.take_along_axis(w_BxV, i_B[:, None], axis=-1)[:, 0]
-  return jnp.where(picked_B > 0, i_B, first_max(w_BxV))   # a rounding tie at a zero weight: the likeliest
+  w_BxNxC = jnp.pad(w_BxV, ((0, 0), (0, pad))).reshape(b, -1, chunk)
+  cum_BxN = jnp.cumsum(jnp.sum(w_BxNxC, axis=-1), axis=-1)
+  u_Bx1 = jax.random.uniform(key, (b, 1)) * cum_BxN[:, -1:]
+  n = cum_BxN.shape[1]
+  c_B = jnp.min(jnp.where(cum_BxN > u_Bx1, jnp.arange(n, dtype=jnp.int32), n - 1), axis=-1)
+  before_B = jnp.where(c_B > 0, jnp.take_along_axis(cum_BxN, jnp.maximum(c_B - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+  w_BxC = jnp.take_along_axis(w_BxNxC, c_B[:, None, None], axis=1)[:, 0]
+  iota_C = jnp.arange(chunk, dtype=jnp.int32)
+  last_positive_B = jnp.max(jnp.where(w_BxC > 0, iota_C, 0), axis=-1)
+  crossed_BxC = (jnp.cumsum(w_BxC, axis=-1) > (u_Bx1 - before_B[:, None])) & (w_BxC > 0)
+  inside_B = jnp.min(jnp.where(crossed_BxC, iota_C, chunk), axis=-1)
+  return c_B * chunk + jnp.minimum(inside_B, last_positive_B)
 
 
 def choose(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array,

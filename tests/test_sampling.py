@@ -173,6 +173,19 @@ def test_sort_free_filters_equal_hf_warpers():
     np.testing.assert_array_equal(np.asarray(sampling.top_k_keep(z, jnp.int32(k))) & np.isfinite(logits), want)
 
 
+def test_inverse_cdf_draws_the_distribution():
+  rs = np.random.RandomState(0)
+  w = rs.gamma(0.5, size=(2, 300)).astype(np.float32)
+  w[:, rs.rand(300) < 0.3] = 0.0                      # filtered tokens are never drawn
+  draws = np.asarray(jax.vmap(lambda k: sampling.inverse_cdf(jnp.asarray(w), k))(
+      jax.random.split(jax.random.key(0), 20_000)))   # [draws, rows]
+  for b in range(2):
+    p = w[b] / w[b].sum()
+    freq = np.bincount(draws[:, b], minlength=300) / len(draws)
+    assert np.all(freq[p == 0] == 0)
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / len(draws)) + 1e-4)
+
+
 # ---------------------------------------------------------------------------- text
 
 @pytest.fixture(scope="module")
