@@ -177,8 +177,8 @@ def test_inverse_cdf_draws_the_distribution():
   rs = np.random.RandomState(0)
   w = rs.gamma(0.5, size=(2, 300)).astype(np.float32)
   w[:, rs.rand(300) < 0.3] = 0.0                      # filtered tokens are never drawn
-  draws = np.asarray(jax.vmap(lambda k: sampling.inverse_cdf(jnp.asarray(w), k))(
-      jax.random.split(jax.random.key(0), 20_000)))   # [draws, rows]
+  u = jax.random.uniform(jax.random.key(0), (20_000, 2))
+  draws = np.asarray(jax.vmap(lambda u_B: sampling.inverse_cdf(jnp.asarray(w), u_B))(u))   # [draws, rows]
   for b in range(2):
     p = w[b] / w[b].sum()
     freq = np.bincount(draws[:, b], minlength=300) / len(draws)
