@@ -165,7 +165,7 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxLxD, cos_BxLxK, sin_BxLxK, cache=None):
     """Causal self-attention; with `cache = (kv, mask_Bx1xLxT, end)` the new keys/values are
-    written at slots `end..end+L-1` of `kv` (`{"k", "v"}`, each `[B, T, G, K]`) and the
+    written at slots `end..end+L-1` of `kv` (`{"k", "v"}`, each `[B, G, T, K]`) and the
     queries attend to the slots `mask` allows. Returns the output (and the new kv)."""
     b, l, _ = x_BxLxD.shape
     q_BxLxHxK = self.q_proj(x_BxLxD).reshape(b, l, self.num_heads, self.head_dim)
@@ -177,12 +177,14 @@ class Attention(nnx.Module):
     kv, mask_Bx1xLxT, end = cache
     q_BxLxHxK = apply_rope(q_BxLxHxK, cos_BxLxK, sin_BxLxK)
     k_BxLxGxK = apply_rope(k_BxLxGxK, cos_BxLxK, sin_BxLxK)
-    k_BxTxGxK = jax.lax.dynamic_update_slice(kv["k"], k_BxLxGxK.astype(kv["k"].dtype), (0, end, 0, 0))
-    v_BxTxGxK = jax.lax.dynamic_update_slice(kv["v"], v_BxLxGxK.astype(kv["v"].dtype), (0, end, 0, 0))
-    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxTxGxK.astype(q_BxLxHxK.dtype),
-                                               v_BxTxGxK.astype(q_BxLxHxK.dtype), mask=mask_Bx1xLxT)
+    # The cache is head-major: the attention's own transposes of it cancel (no copy per step).
+    write = lambda c, x: jax.lax.dynamic_update_slice(c, jnp.swapaxes(x, 1, 2).astype(c.dtype), (0, 0, end, 0))
+    k_BxGxTxK, v_BxGxTxK = write(kv["k"], k_BxLxGxK), write(kv["v"], v_BxLxGxK)
+    out_BxLxHxK = jax.nn.dot_product_attention(
+        q_BxLxHxK, jnp.swapaxes(k_BxGxTxK, 1, 2).astype(q_BxLxHxK.dtype),
+        jnp.swapaxes(v_BxGxTxK, 1, 2).astype(q_BxLxHxK.dtype), mask=mask_Bx1xLxT)
     out_BxLxD = self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
-    return out_BxLxD, {"k": k_BxTxGxK, "v": v_BxTxGxK}
+    return out_BxLxD, {"k": k_BxGxTxK, "v": v_BxGxTxK}
 
 
 class MLP(nnx.Module):
@@ -311,12 +313,12 @@ def _scan_layers(layers, x_BxLxD, cos, sin, cache):
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
   """An empty KV cache for `max_len` slots: a plain pytree of arrays.
 
-  `layers`: per layer `{"k", "v"}`, each `[B, T, G, K]` (compute dtype unless `dtype`);
+  `layers`: per layer `{"k", "v"}`, each `[B, G, T, K]` (head-major; compute dtype unless `dtype`);
   `positions`: `[B, T]` int32, the position of the token in each slot, -1 where empty or
   padding (never attended to); `end`: int32 scalar, the slots written so far.
   """
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+  shape = (batch, cfg.num_kv_heads, max_len, cfg.dim_per_head)
   return {"layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
           "positions": jnp.full((batch, max_len), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 

@@ -97,3 +97,48 @@ def test_bad_config_names_the_field():
   from llamalogue.errors import ConfigError
   with pytest.raises(ConfigError, match="num_kv_heads"):
     _small(num_heads=4, num_kv_heads=3).validate()
+
+
+def test_cached_forward_equals_full_forward():
+  """Prefill + decode steps of 1 and 2 tokens through the KV cache = one full forward, per row,
+  with rows of different lengths left-padded in one batch (padding has position -1)."""
+  cfg = _small(initializer_range=0.3)
+  model = M.Llama(cfg, rngs=nnx.Rngs(2))
+  rs = np.random.RandomState(0)
+  lengths, steps, p = [4, 7], [1, 2, 1], 7
+  rows = [rs.randint(0, cfg.vocab_size, n + sum(steps)) for n in lengths]
+  prompt = np.zeros((2, p), np.int32)
+  for b, (r, n) in enumerate(zip(rows, lengths)):
+    prompt[b, p - n:] = r[:n]
+  pos = np.arange(p)[None] - (p - np.array(lengths))[:, None]
+  cache = M.init_cache(cfg, 2, p + sum(steps))
+  logits, cache = model(jnp.asarray(prompt), jnp.asarray(np.where(pos >= 0, pos, -1)), cache)
+  got = [[logits[b, p - n:]] for b, n in enumerate(lengths)]
+  done = 0
+  for s in steps:
+    new = np.stack([r[n + done:n + done + s] for r, n in zip(rows, lengths)])
+    new_pos = np.array(lengths)[:, None] + done + np.arange(s)
+    logits, cache = model(jnp.asarray(new), jnp.asarray(new_pos), cache)
+    for b in range(2):
+      got[b].append(logits[b])
+    done += s
+  assert int(cache["end"]) == p + sum(steps)
+  for b, r in enumerate(rows):
+    full = model(jnp.asarray(r[None]))[0]
+    np.testing.assert_allclose(np.concatenate(got[b]), np.asarray(full), atol=2e-5, rtol=0)
+
+
+def test_scan_layers_gives_identical_values():
+  cfg = _small(num_layers=3)
+  graphdef, params = nnx.split(M.Llama(cfg, rngs=nnx.Rngs(0)))
+  scan_def, _ = nnx.split(M.Llama(dataclasses.replace(cfg, scan_layers=True), rngs=nnx.Rngs(0)))
+  tokens = jnp.array([[1, 2, 3, 4, 5, 6]])
+  full = jax.jit(lambda p, t, g: nnx.merge(g, p)(t), static_argnums=2)
+  cached = jax.jit(lambda p, t, g: nnx.merge(g, p)(t, None, M.init_cache(cfg, 1, 8))[0], static_argnums=2)
+  np.testing.assert_array_equal(np.asarray(full(params, tokens, scan_def)), np.asarray(full(params, tokens, graphdef)))
+  np.testing.assert_array_equal(np.asarray(cached(params, tokens, scan_def)),
+                                np.asarray(cached(params, tokens, graphdef)))
+  loss = lambda g: jax.grad(lambda p: M.next_token_loss(p, g, {"inputs": tokens, "targets": tokens,
+                                                               "loss_mask": jnp.ones((1, 6))})[0])(M.pure_dict(params))
+  for a, b in zip(jax.tree.leaves(loss(scan_def)), jax.tree.leaves(loss(graphdef))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -165,12 +165,25 @@ def test_sort_free_filters_equal_hf_warpers():
   z = jnp.asarray(logits)
   for top_p in (0.05, 0.5, 0.9, 0.999):
     want = np.isfinite(TopPLogitsWarper(top_p)(None, torch.tensor(logits)).numpy())
-    got = np.asarray(sampling.top_p_keep(z, jnp.float32(top_p))) & np.isfinite(logits)
+    got = np.asarray(sampling.top_p_keep(jax.nn.softmax(z, -1), jnp.float32(top_p))) & np.isfinite(logits)
     np.testing.assert_array_equal(got[[0, 2, 3, 4, 5]], want[[0, 2, 3, 4, 5]])
     assert got[1].sum() >= want[1].sum()               # tied tokens at the threshold are kept together
   for k in (1, 3, 10, 49, 50):
     want = np.isfinite(TopKLogitsWarper(k)(None, torch.tensor(logits)).numpy())   # keeps ties too
     np.testing.assert_array_equal(np.asarray(sampling.top_k_keep(z, jnp.int32(k))) & np.isfinite(logits), want)
+
+
+def test_inverse_cdf_draws_the_distribution():
+  rs = np.random.RandomState(0)
+  w = rs.gamma(0.5, size=(2, 300)).astype(np.float32)
+  w[:, rs.rand(300) < 0.3] = 0.0                      # filtered tokens are never drawn
+  u = jax.random.uniform(jax.random.key(0), (20_000, 2))
+  draws = np.asarray(jax.vmap(lambda u_B: sampling.inverse_cdf(jnp.asarray(w), u_B))(u))   # [draws, rows]
+  for b in range(2):
+    p = w[b] / w[b].sum()
+    freq = np.bincount(draws[:, b], minlength=300) / len(draws)
+    assert np.all(freq[p == 0] == 0)
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / len(draws)) + 1e-4)
 
 
 # ---------------------------------------------------------------------------- text
