@@ -251,6 +251,15 @@ def first_stop(text: str, stop: Sequence[str | re.Pattern]) -> int:
 _STOP_VOCAB: dict = {}   # (id(tokenizer), stops) -> bool [V]
 
 
+@functools.lru_cache(maxsize=16)
+def _stop_arrays(tokenizer, stop: tuple, vocab_size: int):
+  """(stop tokens `[V]` or None, stop sequences or None) on the device, computed once per tokenizer and stops
+  (decoding the whole vocabulary costs ~0.1 s for 8k tokens, ~0.5 s for SmolLM2's 49k: not per PPO step)."""
+  stop_V = jnp.asarray(stop_vocab(tokenizer, stop, vocab_size)) if stop else None
+  seqs = stop_sequences(tokenizer, stop)
+  return stop_V, None if seqs is None else jnp.asarray(seqs)
+
+
 def stop_vocab(tokenizer, stop: Sequence[str | re.Pattern], vocab_size: int) -> np.ndarray:
   """bool `[V]`: the tokens whose own text contains a stop string (they end a row in the loop)."""
   key = (id(tokenizer), tuple(s.pattern if isinstance(s, re.Pattern) else s for s in stop), vocab_size)
@@ -299,8 +308,12 @@ def _cut(tokenizer, ids: list[int], stop, finished: bool, eos_id: int) -> tuple[
 
 def generate(model_or_params, tokenizer, prompts: Sequence[str], *, rng, max_new_tokens: int = 20,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
-             stop: Sequence[str | re.Pattern] = ("\n",), batch_size: int = 32) -> list[Generation]:
+             stop: Sequence[str | re.Pattern] = ("\n",), batch_size: int = 32,
+             min_prompt_len: int = 0) -> list[Generation]:
   """Continuations of `prompts` (one each, in order). `model_or_params`: a Llama or `(graphdef, params)`.
+
+  `min_prompt_len`: pad every batch's prompts to at least this length, so that a caller that
+  samples again and again (PPO) compiles once instead of once per length bucket.
 
   `rng`: a jax key or an int seed; batch i uses `fold_in(rng, i)`, so a fixed key and
   batch size reproduce the output. Prompts are padded to length buckets and the last
@@ -328,16 +341,14 @@ def generate(model_or_params, tokenizer, prompts: Sequence[str], *, rng, max_new
     if len(row) + max_new_tokens > cfg.max_seq_len:
       raise DataError(f"prompt {i}: {len(row)} tokens + max_new_tokens={max_new_tokens} exceed the model's "
                       f"max_seq_len {cfg.max_seq_len}")
-  stop_V = jnp.asarray(stop_vocab(tokenizer, stop, cfg.vocab_size)) if stop else None
-  stop_seqs = stop_sequences(tokenizer, stop)
-  stop_seqs = None if stop_seqs is None else jnp.asarray(stop_seqs)
+  stop_V, stop_seqs = _stop_arrays(tokenizer, tuple(stop), cfg.vocab_size)
   settings = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
                   top_k=int(top_k), greedy=bool(greedy), eos_id=eos_id, pad_id=int(pad_id))
   order = np.argsort([len(r) for r in ids], kind="stable")
   out: list[Generation | None] = [None] * len(prompts)
   for n, start in enumerate(range(0, len(order), batch_size)):
     rows = order[start:start + batch_size]
-    p = bucket_len(max(len(ids[r]) for r in rows), 16)
+    p = max(bucket_len(max(len(ids[r]) for r in rows), 16), min_prompt_len)
     prompt_BxP = np.full((batch_size, p), pad_id, np.int32)
     prompt_len_B = np.ones(batch_size, np.int32)
     for b, r in enumerate(rows):

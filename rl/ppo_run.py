@@ -163,6 +163,13 @@ class Rollouts:
     self.counts = {"nan_rewards": 0, "empty_replies": 0, "empty_batches": 0}
     self.samples_path = samples_path
     self.last_samples = []
+    self.prompt_len = 0  # the longest query so far, bucketed: one sampler compile for the run
+
+  def _prompt_len(self, queries) -> int:
+    from evaluation.scoring import bucket_len
+    longest = max(len(self.tok(q)["input_ids"]) for q in queries)
+    self.prompt_len = max(self.prompt_len, bucket_len(longest, 16), 32)
+    return self.prompt_len
 
   def __call__(self, state, mothers: list[str]):
     from llamalogue import sampling
@@ -175,7 +182,7 @@ class Rollouts:
     gens = sampling.generate((self.graphdef, state["params"]["policy"]), self.tok, queries,
                              rng=jax.random.fold_in(key, 0), max_new_tokens=c.rollout.max_new_tokens,
                              temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
-                             stop=stops, batch_size=len(queries))
+                             stop=stops, batch_size=len(queries), min_prompt_len=self._prompt_len(queries))
     replies = [child_reply(g.text) for g in gens]
     t1 = time.perf_counter()
     scores = self.reward(mothers, replies)
