@@ -109,6 +109,14 @@ def _host(metrics: dict) -> dict:
   return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
 
 
+def _add(window, metrics: dict):
+  """(running sums of the scalar metrics, count); the sums stay on the device until the log step."""
+  scalars = {k: v for k, v in metrics.items() if np.ndim(v) == 0 and k != "finite"}
+  if window is None:
+    return scalars, 1
+  return {k: window[0][k] + v for k, v in scalars.items() if k in window[0]}, window[1] + 1
+
+
 def default_scalars(metrics: dict, step: int) -> dict:
   return {f"train/{k}": float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != "finite"}
 
@@ -140,7 +148,7 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, mod
   done_marks = set(meta.get("milestones_done", []))
   marks = sorted(task.milestones)
   bar = tqdm(total=total, initial=step, desc=task.name, unit="step", dynamic_ncols=True, disable=not lead)
-  t_last, tok_last, step_last, pending, last_eval = time.perf_counter(), 0, step, None, {}
+  t_last, tok_last, step_last, pending, last_eval, window = time.perf_counter(), 0, step, None, {}, None
   t_start = time.perf_counter()
 
   def save(reached):
@@ -172,6 +180,7 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, mod
       if pending is not None:  # check the previous step while this one runs
         check(*pending)
       pending = (metrics, step + 1)
+      window = _add(window, metrics)  # logged scalars are means over the log interval (as trl logs them)
       step += 1
       words += int(counts.get("words", 0))
       tokens += int(counts.get("tokens", 0))
@@ -184,7 +193,9 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, mod
         host = _host(metrics)
         check(host, step)
         dt = time.perf_counter() - t_last
-        scalars = scalars_fn(host, step)
+        means = {k: v / window[1] for k, v in _host(window[0]).items()}
+        window = None
+        scalars = scalars_fn(means, step)
         if tok_last:
           scalars["perf/tokens_per_s"] = tok_last / dt
           if task.flops_per_token:

@@ -34,8 +34,10 @@ def _series(rows: list[dict], key: str, step_key: str = "step") -> tuple[list[fl
   return [p[0] / last for p in pts], [p[1] for p in pts]
 
 
-def plot_dpo(rows: list[dict], out_png: str | pathlib.Path, references: dict | None = None) -> pathlib.Path:
-  """Loss and reward accuracy of our DPO run(s) against the study's logged curves."""
+def plot_dpo(rows: list[dict], out_png: str | pathlib.Path, references: dict | None = None,
+             steps_per_epoch: int = 0) -> pathlib.Path:
+  """Loss and reward accuracy of our DPO run against the study's logged curves, by epoch
+  (`steps_per_epoch` > 0; else by fraction of training)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -44,13 +46,17 @@ def plot_dpo(rows: list[dict], out_png: str | pathlib.Path, references: dict | N
   for ax, (ours_key, ref_key, title) in zip(axes, (("train/loss", "loss", "DPO loss"),
                                                    ("rewards/accuracies", "rewards/accuracies", "reward accuracy"))):
     xs, ys = _series(rows, ours_key)
+    if steps_per_epoch:
+      xs = [r["step"] / steps_per_epoch for r in rows if ours_key in r]
     ax.plot(xs, ys, label="llamalogue (ours)", lw=1.8)
     for name, spec in references.items():
       ref = read_csv(spec)
       if ref:
         rx, ry = _series(ref, ref_key)
+        if steps_per_epoch:
+          rx = [float(r["epoch"]) for r in ref if r.get(ref_key) not in (None, "")]
         ax.plot(rx, ry, "--", lw=1.2, label=f"study, {name}")
-    ax.set_xlabel("fraction of training")
+    ax.set_xlabel("epoch" if steps_per_epoch else "fraction of training")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -310,14 +310,14 @@ def run(config, workdir: str) -> dict:
     summary["evaluation"] = evaluate_against_base(config.init_from, workdir, config.eval, heldout)
   if jax.process_index() == 0:
     atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
-    plot_curves(workdir)
+    plot_curves(workdir, batches.steps_per_epoch)
   return summary
 
 
-def plot_curves(workdir) -> None:
+def plot_curves(workdir, steps_per_epoch: int = 0) -> None:
   """DIR/dpo_curves.png: loss and reward accuracy against step, beside the study's logged curves when present."""
   import json
   import pathlib
   from rl import curves
   rows = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
-  curves.plot_dpo(rows, pathlib.Path(workdir) / "dpo_curves.png")
+  curves.plot_dpo(rows, pathlib.Path(workdir) / "dpo_curves.png", steps_per_epoch=steps_per_epoch)
