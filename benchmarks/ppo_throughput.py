@@ -61,6 +61,7 @@ def main(argv=None) -> float:
     policy = jax.tree.map(lambda x: x.copy(), params)  # the update donates the state: the reference keeps its own
     state = ppo.init_state(policy, ppo.init_value_head(cfg.hidden_size, jax.random.key(1)), tx, pcfg)
     shardings = sharding.tree_shardings(state, mesh)
+    state = jax.device_put(state, shardings)  # laid out as the run's jitted init lays it out (no recompile later)
     roll = ppo_run.Rollouts(config, graphdef, params, tok, reward, pcfg, mesh, shardings, tmp / "samples.jsonl")
     phases = {k: [] for k in ("rollout", "reward", "forward", "update")}
     tokens, t_compile = [], time.perf_counter()
