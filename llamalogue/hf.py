@@ -230,6 +230,17 @@ def export(model: model_lib.Llama, out_dir: str | os.PathLike, tokenizer_dir: st
   return out_dir
 
 
+def tokenizer_dir_for(spec: str, tokenizer, workdir) -> pathlib.Path:
+  """The tokenizer files of model `spec` for a fine-tuning run's checkpoints: found beside it, or saved
+  from the loaded `tokenizer` into `workdir/tokenizer_src` (a hub model, say)."""
+  found = _find_tokenizer_dir(spec)
+  if found is not None:
+    return found
+  out = pathlib.Path(workdir) / "tokenizer_src"
+  tokenizer.save_pretrained(str(out))
+  return out
+
+
 def _find_tokenizer_dir(spec: str) -> pathlib.Path | None:
   """The directory holding tokenizer.json for a HF dir or one of our checkpoints."""
   path = pathlib.Path(spec)

@@ -298,10 +298,7 @@ def run(config, workdir: str) -> dict:
       init_state=lambda: sharding_lib.shard(step_lib.init_state(ref_params, tx), shardings),
       meta={"seed": config.seed, "model": dataclasses.asdict(model_cfg), "init_from": config.init_from,
             "pairs": source, "tokenization": config.tokenization, "reference_key": key})
-  tok_dir = hf._find_tokenizer_dir(config.init_from)
-  if tok_dir is None:
-    tok_dir = workdir / "tokenizer_src"
-    tokenizer.save_pretrained(str(tok_dir))
+  tok_dir = hf.tokenizer_dir_for(config.init_from, tokenizer, workdir)
   summary, _ = loop.run_loop(workdir, loop.Settings.from_config(t, total_steps), task, model_cfg=model_cfg,
                              tokenizer_dir=tok_dir)
   summary["pairs"] = data_info

@@ -19,7 +19,6 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from llamalogue.errors import ConfigError, DataError, LlamalogueError
@@ -301,10 +300,7 @@ def run(config, workdir: str) -> dict:
       init_state=lambda: init(ref_params, vh_key), on_log=on_log,
       meta={"seed": config.seed, "model": dataclasses.asdict(model.cfg), "init_from": config.init_from,
             "reward": config.reward.name, "response": config.response, "ppo": dataclasses.asdict(cfg)})
-  tok_dir = hf._find_tokenizer_dir(config.init_from)
-  if tok_dir is None:
-    tok_dir = workdir / "tokenizer_src"
-    tokenizer.save_pretrained(str(tok_dir))
+  tok_dir = hf.tokenizer_dir_for(config.init_from, tokenizer, workdir)
   try:
     summary, _ = loop.run_loop(workdir, loop.Settings.from_config(config.train, total_steps), task,
                                model_cfg=model.cfg, tokenizer_dir=tok_dir)

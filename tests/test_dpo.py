@@ -6,18 +6,16 @@ import json
 import math
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from llamalogue import paths
+from tests.helpers import kill_after_checkpoint
 from llamalogue.metrics import read_scalars
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -97,19 +95,7 @@ def test_rerun_reuses_cached_reference_and_finished_run(base, uninterrupted):
 
 def test_sigkill_and_rerun_is_bit_identical(base, uninterrupted, tmp_path):
   wd = tmp_path / "killed"
-  proc = _dpo(base, wd, "--config.eval.tasks=", wait=False)
-  latest = wd / "checkpoints" / "latest"
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    steps = [int(d.name.split("_")[1]) for d in latest.glob("step_*") if (d / "commit_success.txt").exists()] \
-        if latest.exists() else []
-    if steps and max(steps) >= 2:
-      break
-    if proc.poll() is not None:
-      pytest.fail(f"run ended before it could be killed: {proc.stderr.read()[-2000:]}")
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(_dpo(base, wd, "--config.eval.tasks=", wait=False), wd, 2, timeout=300)
   assert not (wd / "summary.json").exists()
   rerun = _dpo(base, wd, "--config.eval.tasks=")
   assert rerun.returncode == 0, rerun.stderr[-3000:]

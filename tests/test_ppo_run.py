@@ -5,16 +5,15 @@ no parsed reply, a teacher cache that misses a prompt) give a clear error or a c
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from llamalogue import paths
+from tests.helpers import kill_after_checkpoint
 from llamalogue.errors import LlamalogueError
 from llamalogue.metrics import read_scalars
 
@@ -96,19 +95,7 @@ def test_tiny_ppo_run_outputs(uninterrupted):
 
 def test_sigkill_and_rerun_is_bit_identical(setup, uninterrupted, tmp_path):
   wd = tmp_path / "killed"
-  proc = _ppo(setup, wd, "--config.eval.tasks=", wait=False)
-  latest = wd / "checkpoints" / "latest"
-  deadline = time.time() + 400
-  while time.time() < deadline:
-    steps = [int(d.name.split("_")[1]) for d in latest.glob("step_*") if (d / "commit_success.txt").exists()] \
-        if latest.exists() else []
-    if steps and max(steps) >= 2:
-      break
-    if proc.poll() is not None:
-      pytest.fail(f"run ended before it could be killed: {proc.stderr.read()[-2000:]}")
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(_ppo(setup, wd, "--config.eval.tasks=", wait=False), wd, 2, timeout=400)
   rerun = _ppo(setup, wd, "--config.eval.tasks=")
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "resuming from step" in rerun.stdout + rerun.stderr
