@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from evaluation import scoring, tasks, testing
-from llamalogue import hf
+from llamalogue import hf, paths
 from llamalogue.errors import ConfigError, DataError
 from rl import pairs as P
 
@@ -95,6 +95,10 @@ GOOD = json.dumps({"prompt": "*MOT: what is that ?", "chosen": "*CHI: a ball .",
 
 # ---------------------------------------------------------------------------- loading
 
+needs_release = pytest.mark.skipif(not (paths.data_root() / "communicative_baby").exists(), reason="no study data")
+
+
+@needs_release
 def test_released_json_and_csv_rows_agree():
   """huggingface_dpo_format_eval.json is rows 18,000- of len_pairs_no_overlap_1.csv (data README)."""
   ev = P.load_pairs(RELEASE + "huggingface_dpo_format_eval.json")
@@ -106,6 +110,7 @@ def test_released_json_and_csv_rows_agree():
   assert train[0].where.endswith("huggingface_dpo_format.json: entry 1")
 
 
+@needs_release
 def test_token_csv_is_the_benchmark_and_synthetic_gets_tags():
   tok_pairs = P.load_pairs(RELEASE + "tok_pairs_no_overlap_1.csv", offset=18_000)
   items = tasks.load_dialogue_token().items
@@ -202,6 +207,7 @@ def test_benchmark_style_scores_what_the_benchmark_scores(tok):
   assert enc.style == "benchmark" and enc.counts["encoded"] == 3
 
 
+@needs_release
 def test_trl_style_equals_trl_tokenize_row(tok):
   from benchmarks.dpo_throughput import import_trl
   trainer = import_trl().DPOTrainer
