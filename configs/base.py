@@ -18,6 +18,9 @@ def data(tiny: bool = False) -> ml_collections.ConfigDict:
   d.min_unit_words = 5          # lexical-word minimum per unit
   d.unit_size = 3               # utterances per dialogue unit (triplets)
   d.require_child = True        # a unit must involve the target child
+  # With require_child=False: -1 keeps units without the child at the corpora's natural share; a
+  # fraction in [0, 1] is their share of the pre-training words (held-out splits stay child-only).
+  d.adult_share = -1.0
   d.speakers = ""               # comma-separated speaker codes or roles to keep ("" = all)
   d.normalize_tags = True       # the single target child / mother / father are *CHI: / *MOT: / *FAT:
   d.split_seed = 42             # seeded hash of each transcript's path picks its split

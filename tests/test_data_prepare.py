@@ -46,6 +46,24 @@ def family_transcript(k: int, turns: int = 12) -> str:
   return "\n".join(lines) + "\n"
 
 
+def adult_transcript(k: int) -> str:
+  """Mother and father talking, the target child once (turn 6): units without, with, without the child."""
+  lines = ["@UTF8", "@Begin", "@Languages:\teng",
+           "@Participants:\tCHI Kid Target_Child, MOT Mother, FAT Father",
+           f"@ID:\teng|Adult|CHI|3;{k % 12}.|male|||Target_Child|||", "@ID:\teng|Adult|MOT|||||Mother|||",
+           "@ID:\teng|Adult|FAT|||||Father|||"]
+  for i in range(12):
+    thing, color = _THINGS[(k * 5 + i) % len(_THINGS)], _COLORS[(k + i) % len(_COLORS)]
+    if i == 6:
+      lines.append("*CHI:\t" + _CHILD[(k + i) % len(_CHILD)].format(thing, color))
+    elif i % 2 == 0:
+      lines.append("*MOT:\t" + _ADULT[(k + i) % len(_ADULT)].format(thing, color))
+    else:
+      lines.append("*FAT:\t" + _CHILD[(k * 3 + i) % len(_CHILD)].format(thing, color))
+  lines.append("@End")
+  return "\n".join(lines) + "\n"
+
+
 @pytest.fixture
 def corpus(tmp_path) -> pathlib.Path:
   """The good fixtures plus 40 generated transcripts, as a TalkBank-like directory."""
@@ -56,6 +74,16 @@ def corpus(tmp_path) -> pathlib.Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(family_transcript(k))
   return root
+
+
+@pytest.fixture
+def mixed_corpus(corpus) -> pathlib.Path:
+  """`corpus` plus 24 transcripts where the parents mostly talk to each other."""
+  for k in range(24):
+    p = corpus / "Adult" / f"home{k % 3}" / f"adult{k:02d}.cha"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(adult_transcript(k))
+  return corpus
 
 
 def make_config(childes, **overrides) -> ml_collections.ConfigDict:
@@ -136,10 +164,10 @@ def test_units_are_consecutive_triplets_with_the_child(tmp_path, corpus):
   assert used == 3 * len(got)
   assert used + sum(drops.values()) + sum(t.drops.values()) == t.read
   by_index = {u.index: u for u in t.utts}
-  for text, words in got:
-    assert text.count("*CHI:") >= 1 and words >= 5
+  for text, words, child in got:
+    assert text.count("*CHI:") >= 1 and words >= 5 and child
   # `xxx .` (index 3) is dropped, so no unit spans indices 2 and 4.
-  assert not any("yes it does . *FAT: do you want" in text for text, _ in got)
+  assert not any("yes it does . *FAT: do you want" in u.text for u in got)
   # stricter rules drop more, with reasons
   strict = units.UnitRules(unit_size=3, min_words=5, min_unit_words=0)
   got2, drops2, used2 = units.build_units(t, strict)
@@ -147,7 +175,7 @@ def test_units_are_consecutive_triplets_with_the_child(tmp_path, corpus):
   only = units.UnitRules(unit_size=2, min_words=1, min_unit_words=0, speakers=("MOT", "Target_Child"))
   got3, drops3, _ = units.build_units(t, only)
   assert drops3[units.SPEAKER_FILTER] > 0
-  assert got3 and all("*FAT:" not in x and "*INV:" not in x for x, _ in got3)
+  assert got3 and all("*FAT:" not in u.text and "*INV:" not in u.text for u in got3)
   assert by_index[1].tag == "CHI" and by_index[1].code == "SHE" and by_index[1].child
 
 
@@ -315,6 +343,86 @@ def test_url_source_goes_through_pylangacq(tmp_path, monkeypatch):
   assert read_lines(out / "pretrain.txt")
 
 
+# ---------------------------------------------------------------- units without the child (data.adult_share)
+
+def test_units_carry_whether_the_child_speaks():
+  t = transcript.read_transcript(adult_transcript(3), "a3", "a3.cha")
+  got, drops, used = units.build_units(t, units.UnitRules(require_child=False))
+  assert [u.child for u in got] == [False, False, True, False] and used == 12 and not +drops
+  got, drops, _ = units.build_units(t, units.UnitRules())
+  assert [u.child for u in got] == [True] and drops[units.NO_CHILD] == 9
+
+
+def mix_stats(out: pathlib.Path) -> tuple[dict, list[str], int]:
+  """stats.json, the pre-training lines without the child, the longest unit's words; checked against each other."""
+  stats = json.loads((out / "stats.json").read_text())
+  lines = read_lines(out / "pretrain.txt")
+  alone = [line for line in lines if "*CHI:" not in line]
+  a = stats["adult_only"]
+  assert len(alone) == a["units_used"] and sum(units_words(x) for x in alone) == a["words"]
+  assert a["share"] == pytest.approx(a["words"] / stats["words"]["pretrain"], abs=1e-4)
+  u = stats["utterances"]
+  assert u["read"] == u["in_units"] + sum(u["dropped"].values())
+  return stats, alone, max(units_words(x) for x in lines)
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5])
+def test_adult_share_is_reached_within_the_budget(tmp_path, mixed_corpus, share):
+  out = prepared(tmp_path, mixed_corpus, require_child=False, adult_share=share, max_words=900)
+  stats, alone, longest = mix_stats(out)
+  a, b = stats["adult_only"], stats["budget"]
+  assert b["hit"] and 900 - longest < b["words"] <= 900
+  assert abs(a["words"] - share * b["words"]) <= longest                 # within one unit's words
+  assert a["units_dropped"] > 0
+  assert stats["utterances"]["dropped"][units.OVER_ADULT_SHARE] == 3 * a["units_dropped"]
+  assert "units without the child:" in (out / "summary.md").read_text()
+
+
+def test_adult_share_as_far_as_the_corpora_allow(tmp_path, mixed_corpus):
+  natural = prepared(tmp_path / "natural", mixed_corpus, require_child=False)
+  n_stats, n_alone, _ = mix_stats(natural)
+  assert n_stats["adult_only"]["share_asked"] == -1 and n_stats["adult_only"]["units_dropped"] == 0
+  # too few child words for the budget: fewer words in all, the share still reached
+  out = prepared(tmp_path / "few_child", mixed_corpus, require_child=False, adult_share=0.1)
+  stats, alone, longest = mix_stats(out)
+  assert not stats["budget"]["hit"] and stats["adult_only"]["units_dropped"] > 0
+  assert abs(stats["adult_only"]["words"] - 0.1 * stats["words"]["pretrain"]) <= longest
+  assert set(read_lines(out / "pretrain.txt")) - set(alone) == set(read_lines(natural / "pretrain.txt")) - set(n_alone)
+  # too few units without the child: all of them, the rest child units, the share reported lower
+  out = prepared(tmp_path / "few_adult", mixed_corpus, require_child=False, adult_share=0.9)
+  stats, _, _ = mix_stats(out)
+  assert stats["adult_only"]["units_dropped"] == 0 and stats["adult_only"]["share"] < 0.9
+  assert read_lines(out / "pretrain.txt") == read_lines(natural / "pretrain.txt")
+
+
+def test_heldout_splits_stay_child_dialogue(tmp_path, mixed_corpus):
+  child = prepare.ensure_prepared(make_config(mixed_corpus), tmp_path / "child")
+  for share in (-1.0, 0.0, 0.4):
+    out = prepare.ensure_prepared(make_config(mixed_corpus, require_child=False, adult_share=share),
+                                  tmp_path / f"mix{share}")
+    for name in ("heldout_a.txt", "heldout_b.txt", "valid.txt", "heldout_a_dialogues.jsonl",
+                 "heldout_b_dialogues.jsonl"):
+      assert (out / name).read_bytes() == (child / name).read_bytes(), (share, name)
+      assert all("*CHI:" in line for line in read_lines(out / name) if name.endswith(".txt"))
+    assert json.loads((out / "stats.json").read_text())["adult_only"]["heldout_units_excluded"] > 0
+  # share 0: no unit without the child, the same pre-training data as require_child=True
+  for name in ("pretrain.txt", "train_tokens.npy", "valid_tokens.npy", "tokenizer.json"):
+    assert (tmp_path / "mix0.0" / "data" / name).read_bytes() == (child / name).read_bytes(), name
+
+
+def test_adult_share_is_in_the_cache_key_only_when_it_can_matter(corpus):
+  items, _ = sources.list_items(str(corpus))
+
+  def key(config):
+    return prepare.cache_key(prepare._data_config(config), items)
+
+  before = make_config(corpus)
+  del before.data["adult_share"]                  # a config written before the field existed
+  assert key(before) == key(make_config(corpus))   # its prepared outputs stay valid
+  keys = {key(make_config(corpus, require_child=False, adult_share=s)) for s in (-1.0, 0.0, 0.3)}
+  assert len(keys) == 3 and key(make_config(corpus)) not in keys
+
+
 # ---------------------------------------------------------------- bad input
 
 BAD_REASONS = {
@@ -380,12 +488,16 @@ def test_missing_path_and_empty_dir_are_errors(tmp_path, corpus):
     ("heldout_b", 0.95, "config.data.heldout_a"),
     ("max_words", 0, "config.data.max_words"),
     ("childes", " ", "config.data.childes"),
+    ("adult_share", 0.3, r"config.data.adult_share: needs data.require_child=False"),
+    ("adult_share", 1.5, "config.data.adult_share"),
+    ("adult_share", -0.5, "config.data.adult_share"),
 ])
 def test_bad_config_names_the_key(tmp_path, key, value, match):
   config = make_config(GOOD)
   config.data[key] = value
-  with pytest.raises(ConfigError, match=match):
+  with pytest.raises(ConfigError, match=match) as e:
     prepare.ensure_prepared(config, tmp_path)
+  assert "\n" not in str(e.value)
 
 
 def test_pylangacq_warnings_are_counted_not_printed(tmp_path, capfd):

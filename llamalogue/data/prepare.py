@@ -38,7 +38,8 @@ OUTPUTS = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "train_tokens.npy", "train_words.npy", "valid_tokens.npy", "valid_words.npy",
     "stats.json", "summary.md", "DONE")
-# config.data fields that change the outputs (num_workers does not).
+# config.data fields that change the outputs (num_workers does not). key_fields() adds adult_share
+# when require_child=False, so outputs prepared with require_child=True before it existed stay valid.
 KEY_FIELDS = ("childes", "strict", "max_words", "min_words", "min_unit_words", "unit_size",
               "require_child", "speakers", "normalize_tags", "split_seed", "heldout_a",
               "heldout_b", "valid", "vocab_size")
@@ -130,10 +131,15 @@ def is_complete(out: pathlib.Path, key: str) -> bool:
   return manifest.get("key") == key and all((out / f).exists() for f in OUTPUTS)
 
 
+def key_fields(d: dict) -> tuple[str, ...]:
+  """The config.data fields that shape the outputs: KEY_FIELDS, plus adult_share when it can matter."""
+  return KEY_FIELDS if d["require_child"] else (*KEY_FIELDS, "adult_share")
+
+
 def cache_key(d: dict, items: list[sources.Item]) -> str:
   """Hash of the config fields that matter, the code version and the inputs' bytes."""
   h = hashlib.sha256()
-  h.update(json.dumps({k: d[k] for k in KEY_FIELDS if k != "childes"}, sort_keys=True).encode())
+  h.update(json.dumps({k: d[k] for k in key_fields(d) if k != "childes"}, sort_keys=True).encode())
   h.update(f"version={VERSION}\n".encode())
   seen = set()
   for item in items:
@@ -172,7 +178,7 @@ def _data_config(config) -> dict:
   d = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
   defaults = {"min_unit_words": 0, "valid": 0.0, "normalize_tags": True, "num_workers": 1,
               "strict": False, "speakers": "", "require_child": True, "unit_size": 3,
-              "min_words": 1, "split_seed": 42}
+              "min_words": 1, "split_seed": 42, "adult_share": -1.0}
   for k, v in defaults.items():
     d.setdefault(k, v)
   for k in ("childes", "max_words", "heldout_a", "heldout_b", "vocab_size"):
@@ -193,6 +199,11 @@ def _data_config(config) -> dict:
         "heldout_a + heldout_b + valid must leave transcripts for pre-training")
   check(d["vocab_size"] >= 257 + 1, "vocab_size", "must exceed the 256 byte tokens + EOS")
   check(isinstance(d["speakers"], str), "speakers", "must be a comma-separated string")
+  share = d["adult_share"]
+  check(isinstance(share, (int, float)) and not isinstance(share, bool) and (share == -1 or 0 <= share <= 1),
+        "adult_share", "must be -1 (the corpora's natural share) or a fraction in [0, 1]")
+  check(share == -1 or not d["require_child"], "adult_share",
+        "needs data.require_child=False (with True no unit without the child is kept)")
   check(isinstance(d["childes"], str) and d["childes"].strip(), "childes",
         "must name ZIPs, directories, .cha files or URLs")
   d.setdefault("prepared", "")
@@ -233,12 +244,12 @@ def build(d: dict, items, bad: dict, key: str, out: pathlib.Path) -> None:
   if not results:
     raise DataError(f"data.childes: no usable CHAT transcripts in {d['childes']!r}")
 
-  split_units, budget = _assign(results, d["max_words"])
+  split_units, budget, adult = _assign(results, d["max_words"], d["adult_share"])
   if not split_units["pretrain"]:
     raise DataError("data: the pre-training split has no units; add transcripts or relax "
                     "data.min_words / data.min_unit_words / data.require_child")
   for split, name in TEXT_FILES.items():
-    _write_lines(out / name, (u[0] for u in split_units[split]))
+    _write_lines(out / name, (u.text for u in split_units[split]))
   for split in ("heldout_a", "heldout_b"):
     _write_lines(out / f"{split}_dialogues.jsonl",
                  (json.dumps(r["dialogue"], ensure_ascii=False)
@@ -247,22 +258,22 @@ def build(d: dict, items, bad: dict, key: str, out: pathlib.Path) -> None:
 
   _log(f"training byte-level BPE (vocab {d['vocab_size']}) on "
        f"{len(split_units['pretrain'])} pre-training units")
-  tok = bpe.train([u[0] for u in split_units["pretrain"]], d["vocab_size"])
+  tok = bpe.train([u.text for u in split_units["pretrain"]], d["vocab_size"])
   bpe.save(tok, out)
   t_bpe = time.time()
   n_tokens = {}
   for name, split in (("train", "pretrain"), ("valid", "valid")):
-    texts = [u[0] for u in split_units[split]]
+    texts = [u.text for u in split_units[split]]
     tokens_N, words_N = bpe.encode(tok, texts)
     bpe.save_arrays(out, name, tokens_N, words_N)
     n_tokens[name] = int(tokens_N.shape[0])
-    if int(words_N.sum()) != sum(u[1] for u in split_units[split]):
+    if int(words_N.sum()) != sum(u.words for u in split_units[split]):
       raise AssertionError(f"{name}: words mask disagrees with the word count")
   t_tok = time.time()
 
   seconds = {"read": t_read - t0, "write_text": t_write - t_read,
              "train_tokenizer": t_bpe - t_write, "encode": t_tok - t_bpe, "total": t_tok - t0}
-  stats = make_stats(d, items, bad, results, split_units, budget, tok, n_tokens, seconds)
+  stats = make_stats(d, items, bad, results, split_units, budget, adult, tok, n_tokens, seconds)
   (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
   (out / "summary.md").write_text(summary(stats))
   manifest = {"key": key, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -288,60 +299,107 @@ def _warn_bad(bad: dict) -> None:
     print(f"warning:   {name}: {reason}", file=sys.stderr)
 
 
-def _assign(results: list[dict], max_words: int):
+def _assign(results: list[dict], max_words: int, adult_share: float):
   """Units per split; pre-training units in seeded transcript order up to the budget.
 
   A pre-training unit whose exact text also occurs in another split is
   dropped (duplicate_of_heldout), so nothing of the held-out text is
   trained on. The budget stops at the first unit that would pass
   `max_words`; that unit and all later ones are dropped (over_budget).
+
+  With `adult_share` in [0, 1] the units without the child and those with
+  it are two queues, each in that seeded order. Units without the child come
+  first, up to `adult_share` of the words (of the budget, or of fewer words
+  when the child units cannot fill the rest); the others are dropped
+  (over_adult_share). Child units then fill the rest of the budget as
+  above. Returns (units per split, budget, adult-only accounting).
   """
   split_units = {s: [] for s in units.SPLITS}
-  budget = {"max_words": max_words, "words": 0, "units_over": 0, "hit": False}
   for r in results:
     if r["split"] != "pretrain":
       split_units[r["split"]].extend(r["units"])
-  held_texts = {u[0] for s in units.SPLITS if s != "pretrain" for u in split_units[s]}
+  held_texts = {u.text for s in units.SPLITS if s != "pretrain" for u in split_units[s]}
   pretrain = sorted((r for r in results if r["split"] == "pretrain"),
                     key=lambda r: (r["order"], r["id"]))
+  queue = []
   for r in pretrain:
-    r["over"] = r["duplicate"] = 0
-    for u in r["units"]:
-      if u[0] in held_texts:
-        r["duplicate"] += 1
-      elif budget["hit"] or budget["words"] + u[1] > max_words:
-        budget["hit"] = True
-        r["over"] += 1
-      else:
-        budget["words"] += u[1]
-        split_units["pretrain"].append(u)
-    budget["units_over"] += r["over"]
-  return split_units, budget
+    r["over"] = r["adult_over"] = 0
+    r["duplicate"] = sum(u.text in held_texts for u in r["units"])
+    queue += [(r, u) for u in r["units"] if u.text not in held_texts]
+  words = [u.words for _, u in queue]
+  if adult_share < 0:
+    n = _fits(words, max_words)
+    taken, over, past_share = list(range(n)), list(range(n, len(queue))), []
+  else:
+    alone = [k for k, (_, u) in enumerate(queue) if not u.child]
+    child = [k for k, (_, u) in enumerate(queue) if u.child]
+    goal = _adult_goal(adult_share, max_words, sum(words[k] for k in child))
+    n_alone = _fits([words[k] for k in alone], goal) if goal > 0 else 0   # 0: not even 0-word units
+    room = max_words - sum(words[k] for k in alone[:n_alone])
+    n_child = _fits([words[k] for k in child], room)
+    taken = sorted(alone[:n_alone] + child[:n_child])
+    over, past_share = child[n_child:], alone[n_alone:]
+  for k in over:
+    queue[k][0]["over"] += 1
+  for k in past_share:
+    queue[k][0]["adult_over"] += 1
+  split_units["pretrain"] = [queue[k][1] for k in taken]
+  pre = split_units["pretrain"]
+  budget = {"max_words": max_words, "words": sum(u.words for u in pre), "units_over": len(over),
+            "hit": bool(over)}
+  adult_words = sum(u.words for u in pre if not u.child)
+  adult = {"share_asked": adult_share,
+           "share": round(adult_words / budget["words"], 4) if budget["words"] else 0.0,
+           "words": adult_words, "units_used": sum(not u.child for u in pre),
+           "units_dropped": sum(not queue[k][1].child for k in over + past_share)}
+  return split_units, budget, adult
 
 
-def make_stats(d, items, bad, results, split_units, budget, tok, n_tokens, seconds) -> dict:
+def _fits(words: list[int], limit: float) -> int:
+  """How many of `words`, taken in order, fit in `limit` (the count before the first that would pass it)."""
+  total = 0
+  for k, w in enumerate(words):
+    if total + w > limit:
+      return k
+    total += w
+  return len(words)
+
+
+def _adult_goal(share: float, max_words: int, child_words: int) -> float:
+  """Words of units without the child: `share` of the budget, or of all that the child units can fill."""
+  if share == 1:
+    return max_words
+  return share * min(max_words, child_words / (1 - share))
+
+
+def make_stats(d, items, bad, results, split_units, budget, adult, tok, n_tokens, seconds) -> dict:
   """Everything countable about the run; utterances read = in units + dropped."""
   unit_size = d["unit_size"]
   drops = collections.Counter()
   for r in results:
     drops.update(r["drops"])
-  over_utts = sum(r.get("over", 0) for r in results) * unit_size
-  dup_utts = sum(r.get("duplicate", 0) for r in results) * unit_size
-  if over_utts:
-    drops[units.OVER_BUDGET] += over_utts
-  if dup_utts:
-    drops[units.DUPLICATE] += dup_utts
+  left_out = 0
+  for reason, field in ((units.OVER_BUDGET, "over"), (units.DUPLICATE, "duplicate"),
+                        (units.OVER_ADULT_SHARE, "adult_over")):
+    utts = sum(r.get(field, 0) for r in results) * unit_size
+    if utts:
+      drops[reason] += utts
+    left_out += utts
   read = sum(r["read"] for r in results)
-  in_units = sum(r["used"] for r in results) - over_utts - dup_utts
+  in_units = sum(r["used"] for r in results) - left_out
   if read != in_units + sum(drops.values()):
     raise AssertionError(f"utterance accounting: read {read} != {in_units} + {sum(drops.values())}")
   per_split = {}
   for s in units.SPLITS:
     rs = [r for r in results if r["split"] == s]
     per_split[s] = {"files": len(rs), "units": len(split_units[s]),
-                    "words": sum(u[1] for u in split_units[s]),
+                    "words": sum(u.words for u in split_units[s]),
                     "utterances": len(split_units[s]) * unit_size}
   warn_files = {r["id"]: r["warnings"] for r in results if r["warnings"]}
+  mix = {}
+  if not d["require_child"]:
+    held_out = sum(r["drops"].get(units.NO_CHILD, 0) for r in results if r["split"] != "pretrain")
+    mix = {"adult_only": {**adult, "heldout_units_excluded": held_out // unit_size}}
   return {
       "inputs": d["childes"],
       "files": {"transcripts_listed": len(items), "read": len(results), "skipped": len(bad),
@@ -354,9 +412,10 @@ def make_stats(d, items, bad, results, split_units, budget, tok, n_tokens, secon
       "words": {"corpus": sum(r["words"] for r in results),
                 **{s: per_split[s]["words"] for s in units.SPLITS}},
       "budget": budget,
+      **mix,
       "splits": per_split,
       "tokens": {**n_tokens, "vocab_size": tok.get_vocab_size()},
-      "config": {k: d[k] for k in KEY_FIELDS},
+      "config": {k: d[k] for k in key_fields(d)},
       "seconds": {k: round(v, 2) for k, v in seconds.items()},
   }
 
@@ -376,6 +435,7 @@ def summary(stats: dict) -> str:
       f"- lexical words: {w['corpus']:,} in cleaned utterances; pre-training split "
       f"{w['pretrain']:,} of a {b['max_words']:,} budget"
       + (" (budget reached)" if b["hit"] else ""),
+      *_adult_line(stats),
       f"- tokens: train {stats['tokens']['train']:,}, valid {stats['tokens']['valid']:,}, "
       f"vocab {stats['tokens']['vocab_size']:,}",
       f"- time: {stats['seconds']['total']:.1f} s",
@@ -388,3 +448,14 @@ def summary(stats: dict) -> str:
   lines += ["", "| utterances dropped | count |", "|---|---:|"]
   lines += [f"| {k} | {v:,} |" for k, v in u["dropped"].items()]
   return "\n".join(lines) + "\n"
+
+
+def _adult_line(stats: dict) -> list[str]:
+  """The summary line on units without the child (only when data.require_child=False)."""
+  if "adult_only" not in stats:
+    return []
+  a = stats["adult_only"]
+  asked = "natural" if a["share_asked"] < 0 else f"asked {a['share_asked']:.3f}"
+  return [f"- units without the child: {a['share']:.3f} of pre-training words ({asked}); "
+          f"{a['units_used']:,} used, {a['units_dropped']:,} left out; "
+          f"{a['heldout_units_excluded']:,} excluded from the held-out splits"]

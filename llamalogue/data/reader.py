@@ -48,7 +48,9 @@ def process_item(item: Item, split: str, s: Settings) -> dict:
     return {**base, "error": e.reason}
   if t.read == 0:
     return {**base, "error": "CHAT transcript without utterances"}
-  unit_list, unit_drops, used = units.build_units(t, s.rules)
+  # Held-out splits are child dialogue whatever data.require_child says (their units are the eval slices).
+  rules = s.rules if split == "pretrain" else dataclasses.replace(s.rules, require_child=True)
+  unit_list, unit_drops, used = units.build_units(t, rules)
   drops = t.drops + unit_drops
   return {
       **base,

@@ -12,6 +12,7 @@ unit is counted under the first reason that applies.
 import collections
 import dataclasses
 import hashlib
+from typing import NamedTuple
 
 from llamalogue.data.transcript import Transcript
 
@@ -22,10 +23,18 @@ SPEAKER_FILTER = "speaker_filter"        # speaker not in data.speakers
 SHORT = "short_utterance"                # fewer than data.min_words lexical words
 SINGLE_SPEAKER = "single_speaker_transcript"
 LEFTOVER = "run_leftover"                # end of a run too short for a unit
-NO_CHILD = "unit_without_child"          # data.require_child and no target-child turn
+NO_CHILD = "unit_without_child"          # no target-child turn: data.require_child, or a held-out split
 SHORT_UNIT = "short_unit"                # unit below data.min_unit_words
 DUPLICATE = "duplicate_of_heldout"       # pre-training unit whose text is in another split
 OVER_BUDGET = "over_budget"              # pre-training units past data.max_words
+OVER_ADULT_SHARE = "over_adult_share"    # pre-training units without the child past data.adult_share
+
+
+class Unit(NamedTuple):
+  """One dialogue unit: its tagged text, lexical words, and whether the target child speaks in it."""
+  text: str
+  words: int
+  child: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +114,7 @@ def _runs(t: Transcript, rules: UnitRules, drops: collections.Counter):
 
 
 def build_units(t: Transcript, rules: UnitRules):
-  """Units of one transcript: ([(text, words)], drops Counter, used utterances)."""
+  """Units of one transcript: ([Unit], drops Counter, used utterances)."""
   drops: collections.Counter = collections.Counter()
   if len({u.code for u in t.utts}) < 2:
     drops[SINGLE_SPEAKER] += len(t.utts)
@@ -117,11 +126,12 @@ def build_units(t: Transcript, rules: UnitRules):
     for i in range(0, whole, n):
       group = run[i:i + n]
       words = sum(u.words for u in group)
-      if rules.require_child and not any(u.child for u in group):
+      child = any(u.child for u in group)
+      if rules.require_child and not child:
         drops[NO_CHILD] += n
       elif words < rules.min_unit_words:
         drops[SHORT_UNIT] += n
       else:
-        units.append((unit_text(group), words))
+        units.append(Unit(unit_text(group), words, child))
         used += n
   return units, drops, used
