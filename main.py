@@ -2,11 +2,10 @@
 
   python main.py --config=configs/<name>.py[:variant] --workdir=DIR [--config.a.b=value ...]
 
-`config.mode` chooses what runs (prepare, pretrain, export, evaluate, ...).
+`config.mode` chooses what runs (llamalogue/modes.py: prepare, pretrain, dpo, ppo, evaluate, study, ...).
 Every user-facing failure ends with one line `error: ...` and exit status 2.
 """
 
-import importlib
 import os
 import sys
 
@@ -18,25 +17,6 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
 
-# mode -> "module:function"; each function takes (config, workdir).
-MODES = {
-    "prepare": "llamalogue.data.prepare:run",
-    "pretrain": "llamalogue.train:run",
-    "export": "llamalogue.hf:run_export",
-    "evaluate": "evaluation.run:run",
-    "dpo": "rl.dpo:run",
-    "pairs": "rl.pairs:run",
-    "ppo": "rl.ppo_run:run",
-    "sample": "llamalogue.sampling:run",
-    "teacher_replies": "rl.teacher:run_replies",
-    "synthetic_pairs": "rl.teacher:run_synthetic_pairs",
-}
-
-# Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;
-# a few % slower compiles, 6-12% faster steps on CPU). Evaluation is mostly compiles: left alone.
-TRAINING_MODES = {"pretrain", "dpo", "ppo"}
-
-
 def _fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
@@ -44,7 +24,7 @@ def _fail(message: str) -> None:
 
 def main(argv):
   from llamalogue.errors import LlamalogueError
-  from llamalogue import config_check
+  from llamalogue import config_check, modes
 
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every step at INFO
   if len(argv) > 1:
@@ -57,15 +37,11 @@ def main(argv):
     _fail("--workdir is required")
   try:
     config_check.validate(config)
-    mode = config.get("mode")
-    if mode not in MODES:
-      _fail(f"config.mode: unknown mode {mode!r}; choose one of {sorted(MODES)}")
-    if mode in TRAINING_MODES:
+    modes.function_for(config.get("mode"))  # an unknown mode fails before anything runs
+    if config.get("mode") in modes.TRAINING_MODES:
       from llamalogue import runtime
       runtime.keep_freed_memory()  # before jax runs anything: see llamalogue/runtime.py
-    module_name, fn_name = MODES[mode].split(":")
-    fn = getattr(importlib.import_module(module_name), fn_name)
-    fn(config, workdir)
+    modes.run_mode(config, workdir)
   except LlamalogueError as e:
     _fail(str(e))
   except KeyboardInterrupt:

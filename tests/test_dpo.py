@@ -4,10 +4,6 @@ run resumes bit-exactly, bad pair files stop with one line naming file and row."
 
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -15,10 +11,9 @@ import numpy as np
 import pytest
 
 from llamalogue import paths
-from tests.helpers import kill_after_checkpoint
+from tests.helpers import kill_after_checkpoint, run_main as _run
 from llamalogue.metrics import read_scalars
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 RELEASED = "data:communicative_baby/dpo_dataset/huggingface_dpo_format.json"
 MODEL = ["--config.model.hidden_size=64", "--config.model.intermediate_size=128", "--config.model.num_layers=2",
          "--config.model.num_heads=4", "--config.model.num_kv_heads=2"]
@@ -27,14 +22,6 @@ DPO = ["--config.pairs_limit=40", "--config.train.batch_size=8", "--config.train
 
 pytestmark = pytest.mark.skipif(not (paths.data_root() / "communicative_baby").exists()
                                 or not (paths.data_root() / "childes").exists(), reason="no study data")
-
-
-def _run(config, workdir, *extra, wait=True):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1")
-  cmd = [sys.executable, str(ROOT / "main.py"), f"--config={config}", f"--workdir={workdir}", *extra]
-  if not wait:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
