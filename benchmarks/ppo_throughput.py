@@ -52,7 +52,8 @@ def main(argv=None) -> float:
     graphdef, params = step.split_model(model_lib.Llama(cfg, rngs=nnx.Rngs(0)))
     cache_file = tmp / "replies.jsonl"
     cache_file.write_text("".join(json.dumps({"prompt": m, "replies": [replies[m]]}) + "\n" for m in mothers))
-    reward = rewards.BleuReward(teacher_lib.ReplyCache(cache_file))
+    reward = rewards.Curriculum((("bleu", 1),), {"bleu": rewards.BleuReward(teacher_lib.ReplyCache(cache_file))},
+                                scale=False)
     config = ppo_bleu.get_config()
     config.init_from = "(benchmark: random tiny model)"
     pcfg = ppo_run.ppo_config(config.ppo)

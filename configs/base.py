@@ -184,7 +184,9 @@ def ppo(reward: str, tiny: bool = False) -> ml_collections.ConfigDict:
   c.ppo.vf_coef = 0.1
 
   c.reward = ml_collections.ConfigDict()  # rl/rewards.py default_config()
-  c.reward.name = reward
+  c.reward.name = reward          # bleu | semsim | llm_score | confidence | curriculum (with reward.curriculum)
+  c.reward.curriculum = ""        # phases "name:steps,..." cycled over the global step ("" = off; STUDY.md §8.1)
+  c.reward.curriculum_scale = True  # curriculum: each phase's reward mapped to [0, 1] by rl/rewards.py RANGES
   c.reward.replies = ""           # teacher-reply cache; "" = generate for the prompts into DIR/teacher_replies
   c.reward.reference_index = 0
   c.reward.teacher = "smollm2"    # the study: hf:meta-llama/Llama-3.2-3B

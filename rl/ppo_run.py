@@ -5,8 +5,9 @@
 Each step (STUDY.md §6): 16 mother turns -> queries `*MOT: <utt> *CHI:` -> up to 20 new
 tokens, top-p 0.9, from the policy (llamalogue/sampling.py, params as an argument: no
 recompile) -> the child's reply (the continuation cut at the next speaker tag) -> the reward
-(rl/rewards.py) -> query ++ response rows -> old/reference log-probs and values
-(`ppo.score_rollout`) -> `ppo.ppo_update` (4 epochs of shuffled mini-batches in one jit).
+(rl/rewards.py; with `reward.curriculum`, that of the step's phase, STUDY.md §8.1) -> query ++
+response rows -> old/reference log-probs and values (`ppo.score_rollout`) -> `ppo.ppo_update`
+(4 epochs of shuffled mini-batches in one jit).
 The response trained on is the re-encoded reply (`response=reply`) or the raw sampled
 tokens (`response=raw`). Checkpoints, exact resume, the NaN stop, TensorBoard with trl's
 names and the progress bar come from the shared run scaffold (llamalogue/loop.py); sample
@@ -95,17 +96,31 @@ def load_prompts(config, workdir) -> list[str]:
   return teacher_lib.read_prompts(spec, config.max_prompts)
 
 
-def make_reward(config, workdir, prompts: list[str]):
-  """The configured reward; teacher replies it needs are generated once into DIR/teacher_replies (resumable)."""
+def make_rewards(config, workdir, prompts: list[str]):
+  """The run's `rewards.Curriculum`: `reward.name` throughout, or each reward of `reward.curriculum` built once.
+
+  The rewards share one teacher-reply cache and one loaded model per spec (teacher, judge);
+  teacher replies they need are generated once into DIR/teacher_replies (resumable).
+  """
   from configs import teacher_replies as replies_config
   from rl import rewards, teacher as teacher_lib
   rc = config.reward
-  teacher = None
-  overrides = {k: v for k, v in rc.items() if k not in ("name", "replies_settings")}
-  if rc.name in ("bleu", "semsim", "confidence") and not rc.replies:
+  phases = rewards.parse_curriculum(rc.curriculum) if rc.curriculum else ((rc.name, 1),)
+  names = list(dict.fromkeys(n for n, _ in phases))
+  models = {}
+
+  def model(spec):
+    if spec not in models:
+      models[spec] = teacher_lib.Teacher(spec, dtype=rc.dtype, cache_dir=rc.cache_dir)
+    return models[spec]
+
+  run_keys = ("name", "replies_settings", "curriculum", "curriculum_scale")
+  overrides = {k: v for k, v in rc.items() if k not in run_keys}
+  cache = None
+  if set(names) & {"bleu", "semsim", "confidence"} and not rc.replies:
     settings_cfg = replies_config.get_config()
     settings_cfg.update(rc.replies_settings.to_dict())
-    teacher = teacher_lib.Teacher(rc.teacher, dtype=rc.dtype, cache_dir=rc.cache_dir)
+    teacher = model(rc.teacher)
     settings = teacher_lib.reply_settings(settings_cfg)
     path = teacher_lib.cache_path(workdir, teacher, settings)
     from llamalogue.paths import atomic_write
@@ -119,8 +134,11 @@ def make_reward(config, workdir, prompts: list[str]):
     overrides["replies"] = str(path)
   if rc.replies.startswith("pairs:"):  # the chosen replies of a pair file (e.g. the study's synthetic pairs)
     overrides["replies"] = str(replies_from_pairs(rc.replies[len("pairs:"):], workdir))
-  judge_or_teacher = teacher if rc.name == "confidence" else None
-  return rewards.make_reward(rc.name, overrides, teacher=judge_or_teacher)
+  if cache is None:
+    cache = rewards.reply_cache(names, overrides)
+  built = {n: rewards.make_reward(n, overrides, cache=cache, teacher=model(rc.teacher) if n == "confidence"
+                                  else model(rc.judge) if n == "llm_score" else None) for n in names}
+  return rewards.Curriculum(phases, built, scale=bool(rc.curriculum) and rc.curriculum_scale)
 
 
 def replies_from_pairs(spec: str, workdir) -> pathlib.Path:
@@ -147,7 +165,12 @@ def replies_from_pairs(spec: str, workdir) -> pathlib.Path:
 
 
 class Rollouts:
-  """The PPO step the run scaffold calls: `(state, mothers) -> (state, metrics)`; phase times in metrics."""
+  """The PPO step the run scaffold calls: `(state, mothers) -> (state, metrics)`; phase times in metrics.
+
+  `reward` is a `rewards.Curriculum`: the reward of a step is a function of the global step in
+  `state` (restored from the checkpoint), so a resumed run scores every step as an uninterrupted one.
+  A curriculum run logs `env/reward_phase`, the index of the step's reward in `reward.names`.
+  """
 
   def __init__(self, config, graphdef, ref_params, tokenizer, reward, cfg: ppo.PPOConfig, mesh, shardings,
                samples_path: pathlib.Path):
@@ -184,13 +207,15 @@ class Rollouts:
                              stop=stops, batch_size=len(queries), min_prompt_len=self._prompt_len(queries))
     replies = [child_reply(g.text) for g in gens]
     t1 = time.perf_counter()
-    scores = self.reward(mothers, replies)
+    scores, phase = self.reward(step, mothers, replies)
+    phase_metrics = {"env/reward_phase": float(phase)} if c.reward.curriculum else {}
     bad = ~np.isfinite(scores)
     if bad.any():
       if c.on_nan_reward == "error":
         i = int(np.argmax(bad))
-        raise LlamalogueError(f"ppo: reward {c.reward.name} returned {scores[i]} at step {step + 1} for the reply "
-                              f"{replies[i]!r} to {mothers[i]!r}; set config.on_nan_reward=zero to count and use 0")
+        raise LlamalogueError(f"ppo: reward {self.reward.names[phase]} returned {scores[i]} at step {step + 1} for "
+                              f"the reply {replies[i]!r} to {mothers[i]!r}; set config.on_nan_reward=zero to count "
+                              "and use 0")
       self.counts["nan_rewards"] += int(bad.sum())
       scores = np.where(bad, 0.0, scores).astype(np.float32)
     t2 = time.perf_counter()
@@ -209,7 +234,8 @@ class Rollouts:
                               "set config.on_empty_batch=skip to count and go on")
       self.counts["empty_batches"] += 1
       state = dict(state, step=state["step"] + 1)
-      return state, {"finite": np.bool_(True), "env/reward_mean": float(np.mean(scores)), **self._counts()}
+      return state, {"finite": np.bool_(True), "env/reward_mean": float(np.mean(scores)), **phase_metrics,
+                     **self._counts()}
     tokens, masks = pack_rows(q_ids, r_ids, self.pad_id)
     rollout = dict(self.score(state["params"], self.ref_params, tokens, masks), tokens=tokens, masks=masks,
                    scores=scores)
@@ -219,7 +245,7 @@ class Rollouts:
     jax.block_until_ready(stats)
     t4 = time.perf_counter()
     gen_tokens = int(sum(len(g.token_ids) for g in gens))
-    stats = dict(stats, **self._counts(), **{
+    stats = dict(stats, **phase_metrics, **self._counts(), **{
         "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/forward_s": t3 - t2, "time/update_s": t4 - t3,
         "perf/rollout_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9)})
     return state, stats
@@ -247,10 +273,23 @@ def _validate(config) -> None:
     raise ConfigError(f"config.on_nan_reward: {config.on_nan_reward!r} is not error or zero")
   if config.on_empty_batch not in ("error", "skip"):
     raise ConfigError(f"config.on_empty_batch: {config.on_empty_batch!r} is not error or skip")
+  from rl import rewards
+  rc = config.reward
+  if rc.name not in (*rewards.NAMES, "curriculum"):
+    raise ConfigError(f"config.reward.name: {rc.name!r} is not one of {(*rewards.NAMES, 'curriculum')}")
+  if rc.name == "curriculum" and not rc.curriculum:
+    raise ConfigError("config.reward.curriculum: empty with config.reward.name=curriculum; give phases name:steps, "
+                      "e.g. confidence:25,semsim:25")
+  if rc.curriculum and rc.name != "curriculum":
+    raise ConfigError(f"config.reward.curriculum: set with config.reward.name={rc.name!r}; a curriculum run has "
+                      "reward.name=curriculum (configs/ppo_curriculum.py)")
+  if rc.curriculum:
+    rewards.parse_curriculum(rc.curriculum)
 
 
 def run(config, workdir: str) -> dict:
-  """The `ppo` mode: PPO from `init_from` with `config.reward.name`, then base-vs-result evaluation."""
+  """The `ppo` mode: PPO from `init_from` with `config.reward.name` (or its curriculum), then base-vs-result
+  evaluation."""
   from llamalogue import hf, loop, sharding as sharding_lib, step as step_lib
   from llamalogue.metrics import MetricWriter
   from llamalogue.paths import atomic_write
@@ -266,7 +305,7 @@ def run(config, workdir: str) -> dict:
     raise ConfigError(f"config.init_from: {config.init_from} has no tokenizer beside it")
   graphdef, ref_params = step_lib.split_model(model)
   prompts = load_prompts(config, workdir)
-  reward = make_reward(config, workdir, prompts)
+  reward = make_rewards(config, workdir, prompts)
   batches = PromptBatches(prompts, cfg.batch_size, config.seed)
   total_steps = config.train.max_steps or config.train.epochs * batches.steps_per_epoch
   mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -282,10 +321,10 @@ def run(config, workdir: str) -> dict:
   atomic_write(workdir / "run_config.json", config.to_json_best_effort(indent=2))
   text_writer = MetricWriter(workdir, subdir="tb", jsonl=False) if jax.process_index() == 0 else None
 
-  keep = ("env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
-          "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/clipfrac", "ppo/policy/approxkl",
-          "ppo/policy/entropy", "ppo/returns/mean", "ppo/val/vpred", "ppo/mean_non_score_reward",
-          "tokens/responses_len_mean")
+  keep = ("env/reward_mean", "env/reward_std", "env/reward_phase", "objective/kl", "objective/kl_coef",
+          "objective/entropy", "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/clipfrac",
+          "ppo/policy/approxkl", "ppo/policy/entropy", "ppo/returns/mean", "ppo/val/vpred",
+          "ppo/mean_non_score_reward", "tokens/responses_len_mean")
 
   def scalars(m, step):
     return {k: float(v) for k, v in m.items() if np.ndim(v) == 0 and k != "finite"
@@ -307,12 +346,16 @@ def run(config, workdir: str) -> dict:
   finally:
     if text_writer:
       text_writer.close()
-  summary["reward"] = {"name": config.reward.name, **reward.stats(), **rollouts.counts}
+  rc = config.reward
+  stats = ({"curriculum": rc.curriculum, "scale": rc.curriculum_scale, "rewards": reward.stats()} if rc.curriculum
+           else reward.stats()[rc.name])
+  summary["reward"] = {"name": rc.name, **stats, **rollouts.counts}
   if config.eval.tasks:
     from evaluation.run import evaluate_against_base
     summary["evaluation"] = evaluate_against_base(config.init_from, workdir, config.eval)
   if jax.process_index() == 0:
     atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
     rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    curves.plot_ppo({config.reward.name: rows}, workdir / "ppo_reward.png")
+    label = f"curriculum {rc.curriculum}{' on [0, 1]' if rc.curriculum_scale else ''}" if rc.curriculum else rc.name
+    curves.plot_ppo({label: rows}, workdir / "ppo_reward.png")
   return summary

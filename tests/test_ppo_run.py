@@ -1,6 +1,7 @@
 """PPO end to end: `main.py --config=configs/ppo_bleu.py:tiny` on a tiny base of ours, trl's metric
 names, sample texts, a killed run resumes bit-exactly, and the bad inputs (a NaN reward, a batch with
-no parsed reply, a teacher cache that misses a prompt) give a clear error or a counted fallback."""
+no parsed reply, a teacher cache that misses a prompt) give a clear error or a counted fallback.
+A reward curriculum (configs/ppo_curriculum.py) switches rewards by global step, also across a resume."""
 
 import json
 import os
@@ -124,12 +125,13 @@ class _Reward:
     return {}
 
 
-def _rollouts(setup, reward, **overrides):
-  """The PPO step of ppo_run on the tiny base, with a given reward function."""
-  from configs import ppo_bleu
+def _rollouts(setup, reward, curriculum=None, **overrides):
+  """The PPO step of ppo_run on the tiny base, with a given reward function (or a `rewards.Curriculum`)."""
+  from configs import ppo_bleu, ppo_curriculum
   from llamalogue import hf, sharding, step
-  from rl import ppo, ppo_run
-  config = ppo_bleu.get_config("tiny")
+  from rl import ppo, ppo_run, rewards
+  config = ppo_curriculum.get_config("tiny") if curriculum else ppo_bleu.get_config("tiny")
+  reward = curriculum or rewards.Curriculum((("bleu", 1),), {"bleu": reward}, scale=False)
   config.init_from = str(setup / "base")
   for k, v in overrides.items():
     config[k] = v
@@ -173,3 +175,79 @@ def test_child_reply_is_cut_at_the_next_speaker():
   tokens, masks = pack_rows([[1, 2, 3], [4]], [[5, 6], []], pad_id=0, multiple=8)
   assert tokens.tolist() == [[1, 2, 3, 5, 6, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0]]
   assert masks.tolist() == [[0, 0, 0, 1, 1, 0, 0, 0], [0] * 8]
+
+
+# ---------------------------------------------------------------------------- reward curriculum
+
+def test_curriculum_phase_is_a_pure_function_of_the_step():
+  from rl import rewards
+  phases = rewards.parse_curriculum("confidence:10, bleu:10")
+  assert phases == (("confidence", 10), ("bleu", 10))
+  assert [rewards.phase_at(phases, s) for s in (0, 9, 10, 19, 20, 29, 30, 10_019)] == [0, 0, 1, 1, 0, 0, 1, 1]
+  phases = rewards.parse_curriculum("bleu:1,semsim:2,bleu:3")
+  assert [rewards.phase_at(phases, s) for s in range(7)] == [0, 1, 1, 2, 2, 2, 0]
+  c = rewards.Curriculum(phases, {"bleu": _Reward(1.0), "semsim": _Reward(0.0)}, scale=False)
+  assert c.names == ("bleu", "semsim") and [c.index(s) for s in range(7)] == [0, 1, 1, 0, 0, 0, 0]
+  assert c(5, ["m"], ["r"])[1] == 0 and c(7, ["m"], ["r"])[1] == 1
+
+
+def test_curriculum_errors_name_the_field(setup, tmp_path):
+  from configs import ppo_curriculum
+  from llamalogue.errors import ConfigError
+  from rl import ppo_run, rewards
+  for spec, why in (("rouge:5", "'rouge' in 'rouge:5' is not a reward"), ("bleu:0", "'bleu:0' needs a positive"),
+                    ("bleu:-3", "'bleu:-3' needs a positive"), ("bleu", "'bleu' is not name:steps"),
+                    ("bleu:2,", "'' is not name:steps"), ("bleu:two", "'bleu:two' is not name:steps")):
+    with pytest.raises(ConfigError, match=f"^config.reward.curriculum: {why}"):
+      rewards.parse_curriculum(spec)
+  config = ppo_curriculum.get_config("tiny")
+  config.init_from = "base"
+  config.reward.curriculum = ""
+  with pytest.raises(ConfigError, match="^config.reward.curriculum: empty with config.reward.name=curriculum"):
+    ppo_run._validate(config)
+  config.reward.curriculum, config.reward.name = "bleu:2", "bleu"
+  with pytest.raises(ConfigError, match="^config.reward.curriculum: set with config.reward.name='bleu'"):
+    ppo_run._validate(config)
+  proc = _ppo(setup, tmp_path / "wd", "--config.reward.name=curriculum", "--config.reward.curriculum=bleu:2,rouge:2")
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+  assert errors[0].startswith("error: config.reward.curriculum: 'rouge' in 'rouge:2' is not a reward")
+
+
+def test_curriculum_scale_maps_each_range_to_unit():
+  from rl import rewards
+  assert set(rewards.RANGES) == set(rewards.NAMES)
+  for name, (lo, hi) in rewards.RANGES.items():
+    np.testing.assert_allclose(rewards.to_unit(name, np.array([lo, (lo + hi) / 2, hi])), [0.0, 0.5, 1.0])
+  np.testing.assert_allclose(rewards.to_unit("semsim", [-0.5, 0.2]), [0.25, 0.6], rtol=1e-6)
+  np.testing.assert_array_equal(rewards.to_unit("llm_score", [7.0, np.nan]), [1.0, np.nan])  # clipped; NaN kept
+  phases = (("llm_score", 1), ("confidence", 1))
+  scaled = rewards.Curriculum(phases, {"llm_score": _Reward(4.0), "confidence": _Reward(-0.5)})
+  raw = rewards.Curriculum(phases, {"llm_score": _Reward(4.0), "confidence": _Reward(-0.5)}, scale=False)
+  assert [float(scaled(s, ["m"], ["r"])[0][0]) for s in (0, 1)] == pytest.approx([0.8, 0.25])
+  assert [float(raw(s, ["m"], ["r"])[0][0]) for s in (0, 1)] == pytest.approx([4.0, -0.5])
+
+
+def _curriculum(setup, wd, *extra, wait=True):
+  """A tiny curriculum run with the two rewards that need no teacher model: bleu for steps 0-1, semsim for 2-3."""
+  return _run("configs/ppo_curriculum.py:tiny", wd, f"--config.init_from={setup / 'base'}",
+              f"--config.prompts={setup / 'prompts.txt'}", f"--config.reward.replies={setup / 'replies.jsonl'}",
+              "--config.reward.curriculum=bleu:2,semsim:2", "--config.ppo.learning_rate=1e-3",
+              "--config.eval.tasks=", *extra, wait=wait)
+
+
+def test_tiny_curriculum_run_switches_reward_across_a_kill(setup, tmp_path):
+  """Killed at the step-2 checkpoint (the phase boundary), the rerun trains steps 3-4 on semsim: the phase
+  comes from the restored global step (bit-exact resume itself: test_sigkill_and_rerun_is_bit_identical)."""
+  wd = tmp_path / "run"
+  kill_after_checkpoint(_curriculum(setup, wd, wait=False), wd, 2, timeout=400)
+  rerun = _curriculum(setup, wd)
+  assert rerun.returncode == 0 and "resuming from step 2" in rerun.stdout + rerun.stderr, rerun.stderr[-3000:]
+  rows = {r["step"]: r for r in map(json.loads, (wd / "metrics.jsonl").read_text().splitlines())}
+  assert {s: r["env/reward_phase"] for s, r in rows.items()} == {1: 0, 2: 0, 3: 1, 4: 1}
+  assert all(0.0 <= r["env/reward_mean"] <= 1.0 for r in rows.values())
+  summary = json.loads((wd / "summary.json").read_text())
+  assert summary["mode"] == "ppo-curriculum" and summary["steps"] == 4 and summary["reward"]["name"] == "curriculum"
+  assert summary["reward"]["curriculum"] == "bleu:2,semsim:2" and summary["reward"]["scale"] is True
+  assert {n: s["items"] for n, s in summary["reward"]["rewards"].items()} == {"bleu": 0, "semsim": 32}
+  assert (wd / "ppo_reward.png").stat().st_size > 0
