@@ -4,21 +4,16 @@ no parsed reply, a teacher cache that misses a prompt) give a clear error or a c
 A reward curriculum (configs/ppo_curriculum.py) switches rewards by global step, also across a resume."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from llamalogue import paths
-from tests.helpers import kill_after_checkpoint
+from tests.helpers import kill_after_checkpoint, run_main as _run
 from llamalogue.errors import LlamalogueError
 from llamalogue.metrics import read_scalars
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL = ["--config.model.hidden_size=64", "--config.model.intermediate_size=128", "--config.model.num_layers=2",
          "--config.model.num_heads=4", "--config.model.num_kv_heads=2"]
 MOTHERS = ["what is that over there ?", "do you want some juice ?", "where did the ball go ?",
@@ -28,14 +23,6 @@ TEACHER = ["a big dog .", "yes please juice .", "it went under there .", "thank 
            "my teddy bear .", "the cow says moo .", "read the red book .", "i do not know ."]
 
 pytestmark = pytest.mark.skipif(not (paths.data_root() / "childes").exists(), reason="no CHILDES data")
-
-
-def _run(config, workdir, *extra, wait=True):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1")
-  cmd = [sys.executable, str(ROOT / "main.py"), f"--config={config}", f"--workdir={workdir}", *extra]
-  if not wait:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
