@@ -192,6 +192,8 @@ def ppo(reward: str, tiny: bool = False) -> ml_collections.ConfigDict:
   c.reward.teacher = "smollm2"    # the study: hf:meta-llama/Llama-3.2-3B
   c.reward.judge = "smollm2"      # the study: hf:allenai/OLMo-2-1124-7B-Instruct (PyTorch)
   c.reward.embedder = "minilm"
+  c.reward.judge_scoring = "first_number"  # the study's | expected: Σ d·P(d) of the judge's first token (a graded
+                                           # reward from a small judge that seldom writes a number, e.g. SmolLM2)
   c.reward.cache_dir = ""
   c.reward.dtype = "float32"
   c.reward.on_missing = "error"

@@ -62,12 +62,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if tiny:
     # ~100 k words, 60 pre-training steps, a few fine-tuning steps each: every stage runs, fast.
     c.pretrain.train.max_steps = 60
-    c.pretrain.train.milestones = "10000,20000,40000"
+    c.pretrain.train.milestones = "5000,10000,20000"   # ~390 words a step
     c.pretrain.train.eval_every = 0
     c.pretrain.train.checkpoint_every = 30
     c.synthetic_pairs.max_pairs = 16
     for name in ("dpo_natural", "dpo_synthetic"):
       c[name].pairs_limit = 32
+    for name in ("ppo_bleu", "ppo_semsim", "ppo_llm_score", "ppo_confidence", "ppo_curriculum"):
+      c[name].max_prompts = 16      # one batch, so the teacher writes replies for 16 turns only
     c.teacher_replies.n = c.ppo_bleu.reward.replies_settings.n
     c.teacher_replies.max_new_tokens = c.ppo_bleu.reward.replies_settings.max_new_tokens
     c.evaluate.tasks = "dialogue_word,dialogue_token,zorro,blimp_filtered"

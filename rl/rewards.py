@@ -49,6 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.cache_dir = ""              # where GGUF teachers are converted (rl/teacher.py cache_root)
   c.dtype = "float32"
   c.judge_max_new_tokens = 10
+  c.judge_scoring = "first_number"  # the study: the first number of the greedy answer, 0 if none | expected:
+                                    # Σ d·P(d) over the judge's first answer token restricted to 0..5
   c.on_missing = "error"        # confidence, a turn not in the cache: error | generate (with `generate`)
   c.generate = ml_collections.ConfigDict(dict(
       template="", chat_template=False, n=10, temperature=0.8, top_p=0.8, top_k=0, max_new_tokens=20,
@@ -181,22 +183,43 @@ class LLMScoreReward(Reward):
   """An instruct model rates the reply 0-5 (greedy, <= 10 tokens); reward = first number, 0 if none.
 
   An empty reply scores 0 without asking; `stats()['fallbacks']` counts answers without a number.
+  `scoring="expected"` reads the rating from the judge's next-token distribution instead: the
+  expectation of 0..5 under its probabilities of the six digit tokens as the answer's first token.
+  A small judge that rarely answers with a number (SmolLM2-135M) gives a graded reward this way.
   """
 
-  def __init__(self, judge: teacher_lib.Teacher, max_new_tokens: int = 10):
+  def __init__(self, judge: teacher_lib.Teacher, max_new_tokens: int = 10, scoring: str = "first_number"):
     super().__init__()
-    self.judge, self.max_new_tokens = judge, max_new_tokens
+    if scoring not in ("first_number", "expected"):
+      raise ConfigError(f"reward.judge_scoring: {scoring!r} is not first_number or expected")
+    self.judge, self.max_new_tokens, self.scoring = judge, max_new_tokens, scoring
     self.counts["fallbacks"] = 0
     self.last_answers: list[str] = []
+    if scoring == "expected":
+      ids = [judge.tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(6)]
+      if any(len(i) != 1 for i in ids):
+        raise ConfigError(f"reward.judge_scoring=expected: judge {judge.spec} does not write each digit 0-5 as one "
+                          "token; use first_number")
+      self.digit_ids = np.array([i[0] for i in ids])
+
+  def expected_ratings(self, prompts: list[str]) -> np.ndarray:
+    logits_NxV = self.judge.last_logits(prompts).astype(np.float64)
+    d_Nx6 = logits_NxV[:, self.digit_ids]
+    p_Nx6 = np.exp(d_Nx6 - d_Nx6.max(axis=1, keepdims=True))
+    return (p_Nx6 / p_Nx6.sum(axis=1, keepdims=True)) @ np.arange(6.0)
 
   def prompt(self, mother: str, reply: str) -> str:
     return self.judge.chat(RATING_USER.format(mot=teacher_lib.mother_turn(mother), chi=reply), RATING_SYSTEM)
 
   def _score(self, mothers, replies):
     asked = [i for i, r in enumerate(replies) if r]
+    out = np.zeros(len(replies), np.float32)
+    if self.scoring == "expected":
+      if asked:
+        out[asked] = self.expected_ratings([self.prompt(mothers[i], replies[i]) for i in asked])
+      return out
     answers = self.judge.generate([self.prompt(mothers[i], replies[i]) for i in asked], greedy=True,
                                   max_new_tokens=self.max_new_tokens)
-    out = np.zeros(len(replies), np.float32)
     self.last_answers = [""] * len(replies)
     for i, (text,) in zip(asked, answers):
       self.last_answers[i] = text
@@ -293,7 +316,7 @@ def make_reward(name: str, config=None, *, teacher: teacher_lib.Teacher | None =
     raise ConfigError(f"reward: unknown reward {name!r}; choose one of {NAMES}")
   if name == "llm_score":
     judge = teacher or teacher_lib.Teacher(c.judge, dtype=c.dtype, cache_dir=c.cache_dir)
-    return LLMScoreReward(judge, c.judge_max_new_tokens)
+    return LLMScoreReward(judge, c.judge_max_new_tokens, c.judge_scoring)
   cache = cache if cache is not None else reply_cache([name], c)
   if name == "bleu":
     return BleuReward(cache, c.reference_index)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from llamalogue.errors import DataError
+from llamalogue.errors import ConfigError, DataError
 from rl import rewards, teacher as teacher_lib
 
 MOTHERS = ["*MOT: what is that ?", "you want some juice ?", "where is the doggie ?", "look at the moon ."]
@@ -112,6 +112,19 @@ def test_llm_score_reads_the_first_number_and_counts_fallbacks(tiny_teacher):
   # greedy answers are the judge's own greedy continuations of the rating prompt
   direct = tiny_teacher.generate([r.prompt(MOTHERS[0], "a ball")], greedy=True, max_new_tokens=10)[0][0]
   assert r.last_answers[0] == direct
+
+
+def test_llm_score_expected_rating_from_the_digit_probabilities(tiny_teacher):
+  r = rewards.LLMScoreReward(tiny_teacher, scoring="expected")
+  got = r(MOTHERS, ["a ball", "", "outside", "moon"])
+  assert got[1] == 0.0 and r.last_answers == []                    # empty reply: not asked; nothing generated
+  prompts = [r.prompt(m, c) for m, c in zip(MOTHERS, ["a ball", "", "outside", "moon"])]
+  logits = tiny_teacher.last_logits([prompts[i] for i in (0, 2, 3)])[:, r.digit_ids].astype(np.float64)
+  p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  np.testing.assert_allclose(got[[0, 2, 3]], p @ np.arange(6.0), rtol=1e-5)
+  assert np.all((got >= 0) & (got <= 5))
+  with pytest.raises(ConfigError, match="reward.judge_scoring"):
+    rewards.LLMScoreReward(tiny_teacher, scoring="mean")
 
 
 # ---------------------------------------------------------------------------- confidence
