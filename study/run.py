@@ -310,7 +310,8 @@ def run_stage(stage: Stage, root: pathlib.Path, index: str) -> None:
          "config": cfg_json, "status": "running", "wall_s": (rec or {}).get("wall_s", 0.0),
          "attempts": (rec or {}).get("attempts", 0) + 1, "hardware": hardware()}
   write_record(stage_dir, rec)
-  print(f"study {index} {stage.name}: {'resuming' if rec['attempts'] > 1 else 'running'} "
+  resuming = stage.kind == "run" and rec["attempts"] > 1
+  print(f"study {index} {stage.name}: {'resuming' if resuming else 'running'} "
         f"({cfg.mode} in {stage_dir})", flush=True)
   start = time.time()
   try:
