@@ -99,6 +99,11 @@ def plot_ppo(runs: dict[str, list[dict]], out_png: str | pathlib.Path) -> pathli
     ref = _ppo_reference(PPO_REFERENCE[name]) if name in PPO_REFERENCE else []
     if ref:
       ax.plot(range(1, len(ref) + 1), ref, "--", lw=1.2, label="study (its logged batches)")
+    else:
+      why = ("the study released no log for this reward" if name not in PPO_REFERENCE else
+             "the study's released log for this reward is empty" if read_csv(PPO_REFERENCE[name]) is not None
+             else "the study's log is not in the data folder")
+      ax.text(0.5, 0.02, why, transform=ax.transAxes, ha="center", fontsize=8, color="grey")
     ax.set_title(f"PPO reward: {name}")
     ax.set_xlabel("step (batch of 16)")
     ax.set_ylabel("mean reward")
