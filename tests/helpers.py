@@ -27,8 +27,9 @@ def kill_after_checkpoint(proc, workdir: pathlib.Path, min_step: int, timeout: f
   latest = pathlib.Path(workdir) / "checkpoints" / "latest"
   deadline = time.time() + timeout
   while time.time() < deadline:
-    steps = [int(d.name.split("_")[1]) for d in latest.glob("step_*") if (d / "commit_success.txt").exists()] \
-        if latest.exists() else []
+    # orbax writes step_<n>.orbax-checkpoint-tmp* first, then renames it to step_<n>
+    steps = [int(d.name[5:]) for d in latest.glob("step_*") if d.name[5:].isdigit()
+             and (d / "commit_success.txt").exists()] if latest.exists() else []
     if steps and max(steps) >= min_step:
       break
     if proc.poll() is not None:
