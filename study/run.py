@@ -71,7 +71,8 @@ def sweep_name(reward: str, lr: float, kl: float) -> str:
 def plan(config, root: pathlib.Path) -> dict[str, Stage]:
   """Every stage of the study in order, each with its wired config (built lazily)."""
   d = lambda name: str(root / name)  # noqa: E731
-  data_dir = str(root / "prepare" / "data")
+  # `pretrain.data.prepared` (a data dir made earlier, maybe elsewhere) is used as it is; else DIR/prepare/data
+  data_dir = config.pretrain.data.prepared or str(root / "prepare" / "data")
   stages: dict[str, Stage] = {}
 
   def add(stage: Stage):
@@ -152,7 +153,7 @@ def plan(config, root: pathlib.Path) -> dict[str, Stage]:
 
   if config.beyond.adult_share >= 0:
     mixed = dict(require_child=False, adult_share=config.beyond.adult_share)
-    add(Stage("prepare_mixed", (), lambda: prepare_cfg(**mixed)))
+    add(Stage("prepare_mixed", (), lambda: prepare_cfg(**mixed, prepared="")))
     add(Stage("pretrain_mixed", ("prepare_mixed",),
               lambda: pretrain_cfg(str(root / "prepare_mixed" / "data"), **mixed)))
 

@@ -28,6 +28,11 @@ def test_plan_orders_and_wires_the_stages(tmp_path):
   dpo = stages["dpo_natural"].build()
   assert dpo.init_from == str(tmp_path / "pretrain") and dpo.eval.tasks == "" and dpo.mode == "dpo"
   assert stages["pretrain"].build().data.prepared == str(tmp_path / "prepare" / "data")
+  c.pretrain.data.prepared = "/elsewhere/data"  # a data dir prepared earlier: every stage reads it
+  again = study_run.plan(c, tmp_path)
+  assert again["pretrain"].build().data.prepared == "/elsewhere/data"
+  assert again["dpo_natural"].build().pairs_data_dir == "/elsewhere/data"
+  assert again["prepare_mixed"].build().data.prepared == ""
   mixed = stages["pretrain_mixed"].build()
   assert mixed.data.require_child is False and mixed.data.adult_share == c.beyond.adult_share
   released = study_config.get_config("tiny")
