@@ -259,8 +259,11 @@ def markdown(res: dict, tasks: list[str]) -> str:
   total = sum(r.get("wall_s") or 0 for r in res["stages"].values())
   L += ["", f"Total wall time: {_dur(total)}.", "", "## Versions", "",
         ", ".join(f"{k} {v}" for k, v in res["versions"].items() if v), "",
-        "## Configs", "", "Each stage's wired config is in `DIR/<stage>/STAGE.json` and in `results.json` "
-        "(`configs`); the study config as given is `results.json` → `study_config`.", ""]
+        "## Configs", "", "Each stage's config as it ran (its own config file's settings, the overrides, and the "
+        "study's wiring; `$DIR` is this directory). Also in `DIR/<stage>/STAGE.json` and `results.json`.", ""]
+  for s, cfg in res["configs"].items():
+    if cfg:
+      L += [f"<details><summary>{s}</summary>", "", "```json", json.dumps(cfg, indent=1), "```", "", "</details>", ""]
   return "\n".join(L)
 
 
