@@ -1,7 +1,8 @@
 """The whole study from one command (STUDY.md §2-7, and §8 as switches).
 
   python main.py --config=configs/study.py --workdir=runs/study
-  python main.py --config=configs/study.py:tiny --workdir=runs/study_tiny      # CPU, offline, minutes
+  python main.py --config=configs/study.py:tiny --workdir=runs/study_tiny      # CPU, offline, ~7 minutes
+  python main.py --config=configs/study.py:cpu --workdir=runs/study_cpu        # full CHILDES, tiny model, ~45 minutes
   python main.py --config=configs/study.py --config.stages=pretrain,trajectory --workdir=runs/study
 
 Stages, in order, each in DIR/<stage>: prepare -> pretrain (word-milestone checkpoints) ->
@@ -26,9 +27,11 @@ from configs import ppo_semsim, pretrain, synthetic_pairs, teacher_replies
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"configs/study.py: unknown variant {arg!r} (use :tiny or nothing)")
+  if arg not in (None, "", "tiny", "cpu"):
+    raise ValueError(f"configs/study.py: unknown variant {arg!r} (use :tiny, :cpu or nothing)")
+  cpu = arg == "cpu"
   tiny = arg == "tiny"
+  arg = None if cpu else arg
   c = ml_collections.ConfigDict()
   c.mode = "study"
   c.stages = "all"                 # all, or comma-separated stage names (their inputs must be finished)
@@ -59,6 +62,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.beyond.sweep.max_steps = 0     # 0: the reward's own run length
   c.beyond.sweep.eval_tasks = "dialogue_word,dialogue_token"
 
+  if cpu:
+    # The `tiny` preset on the full CHILDES data with cut-down step counts: about 45 minutes on 2 CPU cores.
+    c.synthetic = "released"
+    c.pretrain.model.preset = "tiny"
+    c.pretrain.train.batch_size = 32
+    c.pretrain.train.epochs = 1
+    c.pretrain.train.max_steps = 1000
+    c.pretrain.train.milestones = "250000,500000,1000000,1750000"
+    c.pretrain.train.checkpoint_every = 200
+    c.pretrain.train.eval_every = 250
+    c.pretrain.optimizer.lr = 1e-3
+    c.trajectory.max_items_per_task = 3000
+    for name in ("dpo_natural", "dpo_synthetic"):
+      c[name].train.max_steps = 150
+      c[name].pairs_limit = 4800
+    c.teacher_replies.n = 4
+    for name in ("ppo_bleu", "ppo_semsim", "ppo_llm_score", "ppo_confidence", "ppo_curriculum"):
+      c[name].max_prompts = 160
+      c[name].train.max_steps = 20
+      c[name].train.checkpoint_every = 10
+    c.evaluate.tasks = "dialogue_word,dialogue_token,zorro,blimp_filtered"
+    c.evaluate.max_items_per_task = 3000
   if tiny:
     # ~100 k words, 60 pre-training steps, a few fine-tuning steps each: every stage runs, fast.
     c.pretrain.train.max_steps = 60

@@ -41,6 +41,15 @@ def test_plan_orders_and_wires_the_stages(tmp_path):
   assert "synthetic_pairs" not in plan and plan["dpo_synthetic"].build().pairs == c.dpo_synthetic.pairs
 
 
+def test_cpu_variant_is_the_full_data_run_cut_down(tmp_path):
+  c = study_config.get_config("cpu")
+  stages = study_run.plan(c, tmp_path)
+  assert "ppo_curriculum" not in stages and "synthetic_pairs" not in stages
+  pre = stages["pretrain"].build()
+  assert pre.model.preset == "tiny" and pre.train.max_steps == 1000 and pre.data.childes == "data:childes"
+  assert stages["dpo_natural"].build().train.max_steps == 150
+
+
 def test_per_stage_overrides_reach_the_stage(tmp_path):
   c = study_config.get_config("tiny")
   c.dpo_natural.dpo.beta = 0.25
