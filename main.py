@@ -24,7 +24,7 @@ def _fail(message: str) -> None:
 
 def main(argv):
   from llamalogue.errors import LlamalogueError
-  from llamalogue import config_check, modes
+  from llamalogue import modes
 
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every step at INFO
   if len(argv) > 1:
@@ -36,8 +36,6 @@ def main(argv):
   if not workdir:
     _fail("--workdir is required")
   try:
-    config_check.validate(config)
-    modes.function_for(config.get("mode"))  # an unknown mode fails before anything runs
     if config.get("mode") in modes.TRAINING_MODES:
       from llamalogue import runtime
       runtime.keep_freed_memory()  # before jax runs anything: see llamalogue/runtime.py

@@ -23,19 +23,17 @@ MODES = {
 }
 
 # Modes whose time is XLA train steps: malloc keeps freed memory for them (llamalogue/runtime.py;
-# a few % slower compiles, 6-12% faster steps on CPU). Evaluation is mostly compiles: left alone.
+# a few % slower compiles, 6-12% faster steps on CPU). Evaluation is mostly compiles: left alone,
+# except inside `study`, one process whose time is mostly its training stages.
 TRAINING_MODES = {"pretrain", "dpo", "ppo", "study"}
 
 
-def function_for(mode: str):
+def run_mode(config, workdir: str):
+  """Checks the common fields and the mode of `config`, then runs its mode in `workdir`."""
+  from llamalogue import config_check
+  config_check.validate(config)
+  mode = config.get("mode")
   if mode not in MODES:
     raise ConfigError(f"config.mode: unknown mode {mode!r}; choose one of {sorted(MODES)}")
   module_name, fn_name = MODES[mode].split(":")
-  return getattr(importlib.import_module(module_name), fn_name)
-
-
-def run_mode(config, workdir: str):
-  """Checks the common fields of `config`, then runs its mode in `workdir`."""
-  from llamalogue import config_check
-  config_check.validate(config)
-  return function_for(config.get("mode"))(config, workdir)
+  return getattr(importlib.import_module(module_name), fn_name)(config, workdir)

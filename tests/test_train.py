@@ -5,10 +5,8 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -19,6 +17,7 @@ from llamalogue import checkpoint as ckpt_lib
 from llamalogue import model as M
 from llamalogue import paths, sharding, step
 from llamalogue.metrics import read_scalars
+from tests.helpers import kill_after_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 12
@@ -101,18 +100,7 @@ def test_tiny_run_outputs(uninterrupted):
 def test_sigkill_and_rerun_is_bit_identical(tmp_path, prepared, uninterrupted):
   wd = _workdir(tmp_path, prepared, "killed")
   proc = _main(wd, wait=False)
-  latest = wd / "checkpoints" / "latest"
-  deadline = time.time() + 300
-  while time.time() < deadline:  # kill right after the second checkpoint lands
-    steps = [int(d.name.split("_")[1]) for d in latest.glob("step_*") if (d / "commit_success.txt").exists()] \
-        if latest.exists() else []
-    if steps and max(steps) >= 6:
-      break
-    if proc.poll() is not None:
-      pytest.fail(f"run ended before it could be killed: {proc.stderr.read()[-2000:]}")
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(proc, wd, 6, timeout=300)  # right after the second checkpoint lands
   assert not (wd / "summary.json").exists()
   rerun = _main(wd)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
