@@ -14,6 +14,8 @@ from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
+from llamalogue.errors import LlamalogueError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
 
@@ -23,7 +25,6 @@ def _fail(message: str) -> None:
 
 
 def main(argv):
-  from llamalogue.errors import LlamalogueError
   from llamalogue import modes
 
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every step at INFO
@@ -65,7 +66,11 @@ def run():
   try:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0] if str(e) else repr(e))
+    text = str(e)
+    if "Error whilst parsing config file" in text:  # the config's own error, e.g. an unknown :variant
+      lines = [l for l in text.splitlines() if l.strip()]
+      _fail(f"--config={config_arg}: {lines[-1].split(': ', 1)[-1] if ': ' in lines[-1] else lines[-1]}")
+    _fail(text.splitlines()[0] if text else repr(e))
   except (KeyError, AttributeError) as e:
     inner = e.args[0] if e.args else e
     text = str(inner.args[0]) if isinstance(inner, BaseException) and inner.args else str(inner)
@@ -74,6 +79,8 @@ def run():
     bad = [a.split("=")[0] for a in sys.argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
     where = bad[0] if bad else "a --config override"
     _fail(f"{where}: unknown config key {key!r}" + (f"; {hint.strip()}" if hint.strip() else ""))
+  except LlamalogueError as e:  # the config file's own check, e.g. an unknown :variant (configs/base.py variant)
+    _fail(str(e))
   except (TypeError, ValueError) as e:
     _fail(f"bad --config override: {str(e).strip().splitlines()[0] if str(e) else repr(e)}")
   app.run(main, argv=argv, flags_parser=lambda a: a)

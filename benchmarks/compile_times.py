@@ -5,7 +5,7 @@
   LLAMALOGUE_KERNELS=accelerator python benchmarks/compile_times.py --dtype=bfloat16   # the GPU graph, on CPU
 
 Entries (seconds of `lower` and of `compile`, each a fresh jax.jit, after one small warm-up compile):
-- init: the jitted train-state init, PRNG key as an argument (step.jit_init_state), and for
+- init: the jitted train-state init, PRNG key as an argument (step.pretrain_layout), and for
   comparison the old init with the seed closed over (`jax.jit(lambda: init_state(...))`);
 - train: the train step at 64x128 and 32x512;
 - eval: the eval loss at 64x128;
@@ -57,15 +57,13 @@ def _batch(batch, seq, leading=()):
 def _setup(cfg):
   tx, _ = step.make_optimizer(_opt(), 1000)
   mesh = sharding.make_mesh(-1, 1)
-  abstract = step.abstract_train_state(cfg, tx)
-  shardings = sharding.tree_shardings(abstract, mesh)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  return tx, mesh, shardings, state
+  layout = step.pretrain_layout(cfg, tx, mesh, jax.random.key(0))
+  return tx, mesh, layout, layout.target
 
 
 def train_step_times(cfg, batch, seq) -> dict:
-  tx, mesh, shardings, state = _setup(cfg)
-  train = step.jit_train_step(step.lm_loss(M.abstract_model(cfg)[0]), tx, mesh, shardings)
+  tx, mesh, layout, state = _setup(cfg)
+  train = step.jit_train_step(step.lm_loss(M.abstract_model(cfg)[0]), tx, mesh, layout.shardings)
   return timed(train, state, _batch(batch, seq, (1,)))
 
 
@@ -89,17 +87,16 @@ def main():
     print(f"{name:<40} lower {r['lower_s']:6.1f} s  compile {r['compile_s']:6.1f} s", flush=True)
 
   if "init" in what:
-    tx, _, shardings, _ = _setup(cfg)
-    report("init (key argument)", timed(step.jit_init_state(cfg, tx, shardings),
-                                        jax.ShapeDtypeStruct((), jax.random.key(0).dtype)))
+    tx, _, layout, _ = _setup(cfg)
+    report("init (key argument)", timed(layout.jitted, jax.ShapeDtypeStruct((), jax.random.key(0).dtype)))
     report("init (seed closed over: the old init)",
-           timed(jax.jit(lambda: step.init_state(step.init_params(cfg, 42)[1], tx), out_shardings=shardings)))
+           timed(jax.jit(lambda: step.init_state(step.init_params(cfg, 42)[1], tx), out_shardings=layout.shardings)))
   if "train" in what:
     for batch, seq in ((64, 128), (32, 512)):
       report(f"train step {batch}x{seq}", train_step_times(cfg, batch, seq))
   if "eval" in what:
-    _, mesh, shardings, state = _setup(cfg)
-    eval_loss = step.jit_eval_loss(step.lm_loss(M.abstract_model(cfg)[0]), mesh, shardings["params"])
+    _, mesh, layout, state = _setup(cfg)
+    eval_loss = step.jit_eval_loss(step.lm_loss(M.abstract_model(cfg)[0]), mesh, layout.shardings["params"])
     report("eval loss 64x128", timed(eval_loss, state["params"], _batch(64, 128)))
   if "scorer" in what:
     from evaluation import scoring

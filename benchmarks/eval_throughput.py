@@ -93,7 +93,7 @@ def main():
     cold, ours_s, ours = time_ours(model_dir, texts)
     study_s, study, batched_s, batched = time_minicons(model_dir, pairs, len(pairs) // 2, args.minicons_batch)
   n = len(pairs)
-  decide = lambda s: scoring.pair_correct(s[0::2], s[1::2])
+  decide = lambda s: scoring.choice_correct(np.stack([s[0::2], s[1::2]], 1))
   print(json.dumps({
       "items": n, "texts": len(texts), "ours_cold_s": round(cold, 2), "ours_warm_s": round(ours_s, 2),
       "minicons_study_calls_s": round(study_s, 2), "minicons_batched_s": round(batched_s, 2),

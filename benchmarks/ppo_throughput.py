@@ -58,12 +58,12 @@ def main(argv=None) -> float:
     config.init_from = "(benchmark: random tiny model)"
     pcfg = ppo_run.ppo_config(config.ppo)
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    tx = ppo.make_optimizer(pcfg)
+    tx, _ = ppo.make_optimizer(pcfg)
     policy = jax.tree.map(lambda x: x.copy(), params)  # the update donates the state: the reference keeps its own
     state = ppo.init_state(policy, ppo.init_value_head(cfg.hidden_size, jax.random.key(1)), tx, pcfg)
     shardings = sharding.tree_shardings(state, mesh)
     state = jax.device_put(state, shardings)  # laid out as the run's jitted init lays it out (no recompile later)
-    roll = ppo_run.Rollouts(config, graphdef, params, tok, reward, pcfg, mesh, shardings, tmp / "samples.jsonl")
+    roll = ppo_run.Rollouts(config, graphdef, params, tok, reward, pcfg, tx, mesh, shardings, tmp / "samples.jsonl")
     phases = {k: [] for k in ("rollout", "reward", "forward", "update")}
     tokens, t_compile = [], time.perf_counter()
     for i in range(args.steps):

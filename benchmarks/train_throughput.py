@@ -37,7 +37,7 @@ import numpy as np
 
 from llamalogue import model as M
 from llamalogue import runtime, sharding, step
-from llamalogue.train import measured_matmul_flops, table_peak_flops
+from llamalogue.loop import measured_matmul_flops, table_peak_flops
 
 # Tokens per lexical word of the pre-training split, measured on all of ../shared/data/childes
 # (`configs/prepare.py`: 10,835,742 train tokens / 4,893,039 words; speaker tags, punctuation and
@@ -70,11 +70,11 @@ def ours(cfg, batch, seq, steps, warmup) -> dict:
   """Tokens/s of our jitted train step (the init jitted with its key as an argument), and compile seconds."""
   mesh = sharding.make_mesh(-1, 1)
   tx, _ = step.make_optimizer(_opt(), 1000)
-  shardings = sharding.tree_shardings(step.abstract_train_state(cfg, tx), mesh)
+  layout = step.pretrain_layout(cfg, tx, mesh, jax.random.key(0))
   t0 = time.perf_counter()
-  state = jax.block_until_ready(step.init_train_state(cfg, tx, jax.random.key(0), shardings))
+  state = jax.block_until_ready(layout.init())
   init_s = time.perf_counter() - t0
-  train = step.jit_train_step(step.lm_loss(M.abstract_model(cfg)[0]), tx, mesh, shardings)
+  train = step.jit_train_step(step.lm_loss(M.abstract_model(cfg)[0]), tx, mesh, layout.shardings)
   rs = np.random.RandomState(0)
   toks = rs.randint(0, cfg.vocab_size, (1, batch, seq + 1)).astype(np.int32)
   b = {"inputs": toks[..., :-1], "targets": toks[..., 1:], "loss_mask": np.ones((1, batch, seq), np.float32)}

@@ -1,6 +1,21 @@
-"""Shared config pieces. Each experiment config composes these in get_config(arg)."""
+"""Shared config pieces: one source of settings per method. Each experiment config composes these in
+get_config(arg); the per-experiment files (configs/dpo_natural.py, configs/ppo_bleu.py, ...) only pick
+the method's variant, so two experiments of one method cannot drift apart."""
 
 import ml_collections
+
+from llamalogue import distributed as distributed_lib
+from llamalogue.errors import ConfigError
+
+
+def variant(arg: str | None, path: str, allowed: tuple[str, ...] = ("tiny",)) -> str:
+  """The `:variant` of a config file ("" for none); an unknown one is a one-line config error."""
+  if arg in (None, ""):
+    return ""
+  if arg not in allowed:
+    choices = f"use {' or '.join(':' + a for a in allowed)} or none" if allowed else "it has none"
+    raise ConfigError(f"{path}: unknown variant {arg!r} ({choices})")
+  return arg
 
 
 def data(tiny: bool = False) -> ml_collections.ConfigDict:
@@ -47,6 +62,12 @@ def data(tiny: bool = False) -> ml_collections.ConfigDict:
   return d
 
 
+def distributed() -> ml_collections.ConfigDict:
+  """How many processes run the job (llamalogue/distributed.py): "" = one; auto; or host:port with
+  num_processes and process_id (what `python -m llamalogue.launch` passes). In every config."""
+  return distributed_lib.default_config()
+
+
 def mesh() -> ml_collections.ConfigDict:
   """Device mesh ('data', 'fsdp'); -1 means 'all remaining devices'."""
   m = ml_collections.ConfigDict()
@@ -73,8 +94,61 @@ def model(preset: str) -> ml_collections.ConfigDict:
   return m
 
 
+# The child-persona instruction of the study's teacher prompts (the authors' answers_generation_vllm_fast.py
+# for PPO's teacher replies, which says "typical kind and natural-sounding", and
+# generate_dpo_pref_from_file.py for the synthetic DPO pairs, which says "typical and natural-sounding").
+CHILD_PERSONA = ("You are a young child having a conversation with your mother. When your mother says something, "
+                 "you should answer as a typical {kind}natural-sounding child. Do NOT repeat her words. Instead, give "
+                 "a new, relevant answer that shows understanding. Keep it short and child-like.")
+
+
+def reply_settings(purpose: str) -> ml_collections.ConfigDict:
+  """How a teacher writes child replies (rl/teacher.py REPLY_SETTINGS + `chunk`), as the study did for
+  `purpose`: "ppo" (PPO's teacher replies, STUDY.md §6: 10 samples, temperature 0.8, top-p 0.8, <= 20
+  tokens, each reply's log-probability kept for the confidence reward) or "synthetic" (synthetic DPO
+  pairs, STUDY.md §5: one reply, temperature 0.7, top-p 0.9, <= 30 tokens, lower-cased)."""
+  ppo = purpose == "ppo"
+  s = ml_collections.ConfigDict()
+  s.template = CHILD_PERSONA.format(kind="kind and " if ppo else "and ") + (
+      "\nMother says: {mot}\n Child answers:" if ppo else "\nMother says: {mot}\nChild:")
+  s.chat_template = False        # True: wrap the prompt in the teacher's chat template
+  s.n = 10 if ppo else 1
+  s.temperature = 0.8 if ppo else 0.7
+  s.top_p = 0.8 if ppo else 0.9
+  s.top_k = 0
+  s.max_new_tokens = 20 if ppo else 30
+  s.stop = ("\n", "Mother:", "Child:")
+  s.first_utterance = True
+  s.lowercase = not ppo
+  s.score_replies = ppo          # store each reply's teacher log-probability (confidence reward)
+  s.seed = 0
+  s.chunk = 16                   # turns per generation batch and per append
+  return s
+
+
+def teacher(mode: str, purpose: str) -> ml_collections.ConfigDict:
+  """A teacher-LM mode's config (`teacher_replies`, `synthetic_pairs`): the teacher and its reply settings."""
+  c = ml_collections.ConfigDict()
+  c.mode = mode
+  c.teacher = "smollm2"          # smollm2 | a .gguf file | a HF directory | hf:<repo id> (the study: Llama-3.2-3B)
+  c.cache_dir = ""               # converted GGUF teachers ("" = $LLAMALOGUE_CACHE or ~/.cache/llamalogue)
+  c.dtype = "float32"
+  c.distributed = distributed()
+  c.update(reply_settings(purpose))
+  return c
+
+
 def dpo(pairs: str, tiny: bool = False) -> ml_collections.ConfigDict:
-  """The study's DPO run (STUDY.md §5) on `pairs`; `tiny`: a CPU-sized run of a few steps."""
+  """The study's DPO run (STUDY.md §5) on `pairs` (configs/dpo_natural.py, configs/dpo_synthetic.py).
+
+  β 0.1, sigmoid loss, lr 5e-6 decaying linearly to 0 without warmup, effective batch 32, 10 epochs
+  over the first 18,000 pairs (5,630 steps); the reference is a frozen copy of the initial model, its
+  log-probabilities computed once and cached (DIR/reference_logps.npz). Produces DIR/checkpoints
+  (exact resume: rerun the command), DIR/tb, DIR/metrics.jsonl (trl's names: rewards/chosen,
+  rewards/margins, rewards/accuracies, logps/chosen, ...), DIR/dpo_curves.png beside the study's
+  logged curves, and DIR/eval/comparison.md: dialogue minimal pairs, Zorro and BLiMP-filtered for
+  the base and the result. `tiny`: a CPU-sized run of a few steps.
+  """
   c = ml_collections.ConfigDict()
   c.mode = "dpo"
   c.seed = 42
@@ -90,6 +164,7 @@ def dpo(pairs: str, tiny: bool = False) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "auto"          # bf16 compute on GPU/TPU, fp32 on CPU (params fp32)
   c.mesh = mesh()
+  c.distributed = distributed()
 
   c.dpo = ml_collections.ConfigDict()
   c.dpo.beta = 0.1
@@ -147,7 +222,18 @@ def dpo(pairs: str, tiny: bool = False) -> ml_collections.ConfigDict:
 
 
 def ppo(reward: str, tiny: bool = False) -> ml_collections.ConfigDict:
-  """The study's PPO run (STUDY.md §6, trl 0.8.6) with `reward`; `tiny`: offline on CPU, a few steps."""
+  """The study's PPO run (STUDY.md §6, trl 0.8.6) with `reward` (configs/ppo_<reward>.py).
+
+  Batch 16, mini-batch 4, 4 PPO epochs, lr 1.41e-5, adaptive KL (0.2 -> target 6, horizon 10,000),
+  γ 1, λ 0.95, clip 0.2, vf 0.1 (the confidence run: mini-batch 2, lr 5e-6, `abs` KL, KL init 0.02);
+  queries `*MOT: <utt> *CHI:` from held-out split B, ≤ 20 new tokens at top-p 0.9. Offline the
+  teacher / judge is SmolLM2-135M-Instruct (packaged GGUF) and the embedder the packaged
+  all-MiniLM-L6-v2; online set --config.reward.teacher=hf:... (the study: Llama-3.2-3B; judge
+  OLMo-2-1124-7B-Instruct). Produces DIR/checkpoints (exact resume), DIR/tb and DIR/metrics.jsonl
+  with trl's names (env/reward_mean, objective/kl, ppo/loss/policy, ...), sample replies in
+  DIR/samples.jsonl, DIR/ppo_reward.png beside the study's reward log, DIR/eval/comparison.md.
+  `tiny`: offline on CPU, a few steps.
+  """
   c = ml_collections.ConfigDict()
   c.mode = "ppo"
   c.seed = 42
@@ -160,6 +246,7 @@ def ppo(reward: str, tiny: bool = False) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "auto"
   c.mesh = mesh()
+  c.distributed = distributed()
 
   c.rollout = ml_collections.ConfigDict()
   c.rollout.max_new_tokens = 20
@@ -197,7 +284,7 @@ def ppo(reward: str, tiny: bool = False) -> ml_collections.ConfigDict:
   c.reward.cache_dir = ""
   c.reward.dtype = "float32"
   c.reward.on_missing = "error"
-  c.reward.replies_settings = ml_collections.ConfigDict(dict(n=10, temperature=0.8, top_p=0.8, max_new_tokens=20))
+  c.reward.replies_settings = reply_settings("ppo")   # how the teacher writes its replies when reward.replies is ""
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 1

@@ -1,21 +1,15 @@
-"""DPO, synthetic pairs (STUDY.md §5): chosen = a teacher LLM's reply playing a young child (the released file; `configs/synthetic_pairs.py` makes one with our teacher), rejected = the same random child reply.
+"""DPO on synthetic pairs (STUDY.md §5): chosen = a teacher LLM's reply playing a young child (the study's
+released file; configs/synthetic_pairs.py makes one with our teacher), rejected = the same random child reply.
 
   python main.py --config=configs/dpo_synthetic.py --config.init_from=runs/pretrain --workdir=runs/dpo_synthetic
   python main.py --config=configs/dpo_synthetic.py:tiny --config.init_from=runs/tiny --workdir=runs/dpo_synthetic_tiny   # CPU, ~1 min
 
-β 0.1, sigmoid loss, lr 5e-6 decaying linearly to 0 without warmup, effective batch 32, 10 epochs over
-the first 18,000 pairs (5,630 steps); the reference is a frozen copy of the initial model, its
-log-probabilities computed once and cached (DIR/reference_logps.npz). Produces DIR/checkpoints
-(exact resume: rerun the command), DIR/tb, DIR/metrics.jsonl (trl's names: rewards/chosen,
-rewards/margins, rewards/accuracies, logps/chosen, ...), DIR/dpo_curves.png beside the study's
-logged curves, and DIR/eval/comparison.md: dialogue minimal pairs, Zorro and BLiMP-filtered for
-the base and the result. `--config.pairs=heldout_a` builds pairs from the base's own held-out split.
+The study's DPO settings and outputs: configs/base.py `dpo` (the one source for both DPO runs).
 """
 
 from configs import base
 
 
 def get_config(arg: str | None = None):
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"configs/dpo_synthetic.py: unknown variant {arg!r} (use :tiny or nothing)")
-  return base.dpo("data:communicative_baby/dpo_dataset/synthetic_dpo_format.json", tiny=arg == "tiny")
+  tiny = base.variant(arg, "configs/dpo_synthetic.py") == "tiny"
+  return base.dpo("data:communicative_baby/dpo_dataset/synthetic_dpo_format.json", tiny=tiny)

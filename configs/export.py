@@ -9,11 +9,14 @@ AutoTokenizer `from_pretrained(DIR)`.
 
 import ml_collections
 
+from configs import base
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  base.variant(arg, "configs/export.py", allowed=())
   c = ml_collections.ConfigDict()
   c.mode = "export"
+  c.distributed = base.distributed()
   c.init_from = ""
   c.tokenizer_dir = ""            # "": the tokenizer saved with the checkpoint
   return c

@@ -14,14 +14,16 @@ scores them) and DIR/pairs_stats.json (counts, drops by reason, settings).
 
 import ml_collections
 
+from configs import base
+
 from rl import pairs
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, ""):
-    raise ValueError(f"configs/pairs.py: unknown variant {arg!r} (it has none)")
+  base.variant(arg, "configs/pairs.py", allowed=())
   c = ml_collections.ConfigDict()
   c.mode = "pairs"
+  c.distributed = base.distributed()
   c.data_dir = ""                 # prepared data dir (`data:` allowed)
   c.split = "heldout_a"           # heldout_a: the split the study kept for pairs and minimal pairs
   c.seed = 42

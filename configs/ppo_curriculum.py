@@ -27,8 +27,7 @@ CURRICULUM = "confidence:25,semsim:25"
 
 
 def get_config(arg: str | None = None):
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"configs/ppo_curriculum.py: unknown variant {arg!r} (use :tiny or nothing)")
-  c = base.ppo("curriculum", tiny=arg == "tiny")
-  c.reward.curriculum = "confidence:2,semsim:2" if arg == "tiny" else CURRICULUM  # tiny: 4 steps, one switch
+  tiny = base.variant(arg, "configs/ppo_curriculum.py") == "tiny"
+  c = base.ppo("curriculum", tiny=tiny)
+  c.reward.curriculum = "confidence:2,semsim:2" if tiny else CURRICULUM  # tiny: 4 steps, one switch
   return c

@@ -1,21 +1,16 @@
-"""PPO with the llm_score reward (STUDY.md §6): an instruct LLM's 0-5 rating of the reply (first number in its answer; 0 if none).
+"""PPO with the llm_score reward (STUDY.md §6): an instruct LLM's 0-5 rating of the reply's fit and fluency (the first number of its greedy
+answer; 0 if none). `--config.reward.judge_scoring=expected` reads a graded rating from its digit probabilities.
 
   python main.py --config=configs/ppo_llm_score.py --config.init_from=runs/pretrain --workdir=runs/ppo_llm_score
   python main.py --config=configs/ppo_llm_score.py:tiny --config.init_from=runs/tiny --workdir=runs/ppo_llm_score_tiny  # CPU, offline
 
-trl 0.8.6 semantics: batch 16, mini-batch 4, 4 PPO epochs, lr 1.41e-5, adaptive KL (0.2 -> target 6,
-horizon 10,000), γ 1, λ 0.95, clip 0.2, vf 0.1; queries `*MOT: <utt> *CHI:` from held-out split B,
-≤ 20 new tokens at top-p 0.9. Offline the teacher / judge is SmolLM2-135M-Instruct (packaged GGUF)
-and the embedder the packaged all-MiniLM-L6-v2; online set --config.reward.teacher=hf:... (the study:
-Llama-3.2-3B; judge OLMo-2-1124-7B-Instruct). Produces DIR/checkpoints (exact resume), DIR/tb and
-DIR/metrics.jsonl with trl's names (env/reward_mean, objective/kl, ppo/loss/policy, ...), sample
-replies in DIR/samples.jsonl, DIR/ppo_reward.png beside the study's reward log, DIR/eval/comparison.md.
+The study's PPO settings (trl 0.8.6), the offline teacher / judge / embedder and the outputs:
+configs/base.py `ppo` (the one source for every PPO run).
 """
 
 from configs import base
 
 
 def get_config(arg: str | None = None):
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"configs/ppo_llm_score.py: unknown variant {arg!r} (use :tiny or nothing)")
-  return base.ppo("llm_score", tiny=arg == "tiny")
+  tiny = base.variant(arg, "configs/ppo_llm_score.py") == "tiny"
+  return base.ppo("llm_score", tiny=tiny)

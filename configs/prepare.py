@@ -24,5 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "prepare"
   c.seed = 42
-  c.data = base.data(tiny=arg == "tiny")
+  c.distributed = base.distributed()
+  c.data = base.data(tiny=base.variant(arg, "configs/prepare.py") == "tiny")
   return c

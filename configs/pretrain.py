@@ -16,7 +16,7 @@ from configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  tiny = arg == "tiny"
+  tiny = base.variant(arg, "configs/pretrain.py") == "tiny"
   c = ml_collections.ConfigDict()
   c.mode = "pretrain"
   c.seed = 42
@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = base.model("tiny" if tiny else "llamalogue_135m")
   c.model.dtype = "auto"          # bf16 compute on GPU/TPU, fp32 on CPU
   c.mesh = base.mesh()
+  c.distributed = base.distributed()
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 10
@@ -39,7 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.keep_latest = 2
   c.train.milestones = ""         # "": 1/10 ... 10/10 of the budget, then 2x ... epochs x; or "1e6,2e6,..."
   c.train.peak_flops = 0.0        # 0: look the chip up for MFU
-  c.train.distributed = False     # multi-host: jax.distributed.initialize() (see README)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-3 if tiny else 3e-4

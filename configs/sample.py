@@ -12,11 +12,14 @@ log-probability, and writes them to DIR/samples.jsonl.
 
 import ml_collections
 
+from configs import base
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  base.variant(arg, "configs/sample.py", allowed=())
   c = ml_collections.ConfigDict()
   c.mode = "sample"
+  c.distributed = base.distributed()
   c.init_from = ""
   c.dtype = "float32"
   c.prompt = "*MOT: what is that ? *CHI:"
@@ -28,5 +31,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.top_k = 0                    # 0: no top-k filter
   c.seed = 0
   c.stop = "\\n"                 # comma-separated plain stop strings, Python escapes allowed ("" for none)
-  c.stop_at_speaker_tag = True   # also stop at the next speaker's tag (regex \*[A-Z]{3}:)
+  c.stop_at_speaker_tag = True   # also stop at the next speaker's tag (llamalogue/data/units.py SPEAKER_TAG)
   return c

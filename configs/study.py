@@ -22,18 +22,19 @@ DIR/figures/*.png.
 
 import ml_collections
 
+from configs import base
 from configs import dpo_natural, dpo_synthetic, evaluate, ppo_bleu, ppo_confidence, ppo_curriculum, ppo_llm_score
 from configs import ppo_semsim, pretrain, synthetic_pairs, teacher_replies
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", "tiny", "cpu"):
-    raise ValueError(f"configs/study.py: unknown variant {arg!r} (use :tiny, :cpu or nothing)")
+  base.variant(arg, "configs/study.py", allowed=("tiny", "cpu"))
   cpu = arg == "cpu"
   tiny = arg == "tiny"
   arg = None if cpu else arg
   c = ml_collections.ConfigDict()
   c.mode = "study"
+  c.distributed = base.distributed()   # the whole study's processes (each stage runs in all of them)
   c.stages = "all"                 # all, or comma-separated stage names (their inputs must be finished)
   c.synthetic = "teacher"          # teacher: synthetic pairs from configs/synthetic_pairs.py | released: the study's file
   c.ppo_prompts = ""               # mother turns for every PPO stage: "" = held-out split B of DIR/prepare/data

@@ -96,7 +96,7 @@ def design(df, columns: tuple[str, ...], extra: tuple[str, ...] = ()) -> np.ndar
 
 def ols(y: np.ndarray, x: np.ndarray) -> dict:
   """Least squares with statsmodels' R^2 (centered) and AIC; coefficient, t and p of the last column."""
-  from scipy import stats
+  from scipy import stats  # scipy: statistics of one task
   beta, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
   resid = y - x @ beta
   n, ssr = len(y), float(resid @ resid)

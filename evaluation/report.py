@@ -193,7 +193,7 @@ def trajectory_markdown(rows: list[dict], task_names: list[str], compare: list[d
 
 def plot_trajectory(rows: list[dict], task_names: list[str], out: pathlib.Path) -> None:
   """Accuracy against words seen (log x), ours solid, the study's dashed, like the study's curves."""
-  import matplotlib
+  import matplotlib  # matplotlib: only when a figure is drawn
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   ref = reference_trajectory()

@@ -7,73 +7,48 @@ with `config.trajectory=True` (X = a pre-training workdir) one such folder per
 milestone checkpoint plus DIR/eval/<run-name>/trajectory.{json,md,png}.
 """
 
+import json
 import pathlib
-import re
-import sys
+import shutil
 import time
 
+import jax
+import ml_collections
 import numpy as np
 
 from evaluation import reading as reading_lib
 from evaluation import report
 from evaluation import scoring
 from evaluation import tasks as tasks_lib
-from llamalogue.errors import ConfigError, DataError
+from llamalogue import distributed, hf, paths, progress
+from llamalogue.checkpoint import checkpoint_name, find_milestones, run_root
+from llamalogue.errors import ConfigError
 
 SETTINGS_KEYS = ("convention", "tasks", "max_items_per_task", "lowercase", "heldout_pairs", "reference_model")
 
 
-# ---------------------------------------------------------------------------- naming and discovery
-
-_CONTAINERS = ("checkpoints", "milestones", "latest")
-
-
-def run_root(path: pathlib.Path) -> pathlib.Path:
-  """The run directory above `checkpoints/[milestones|latest]/...` containers."""
-  path = pathlib.Path(path).expanduser().resolve()
-  while path.name in _CONTAINERS and path.parent != path:
-    path = path.parent
-  return path
-
-
-def checkpoint_name(init_from: str) -> str:
-  """A folder name for a model: `hf:org/x` -> `org_x`; `<run>/checkpoints/.../<c>` -> `<run>-<c>`."""
-  if init_from.startswith("hf:"):
-    return init_from[3:].replace("/", "_")
-  p = pathlib.Path(init_from).expanduser().resolve()
-  if p.parent.name in _CONTAINERS:
-    return f"{run_root(p.parent).name}-{p.name}"
-  return p.name
-
-
-_WORDS = re.compile(r"^words_(\d+)([kKmMbB]?)$")
-_SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
-
-
-def words_from_name(name: str) -> int | None:
-  """`words_2000000` or `words_2M` -> 2_000_000; None if the name is not a milestone."""
-  m = _WORDS.match(name)
-  return int(m.group(1)) * _SCALE[m.group(2).lower()] if m else None
-
-
-def find_milestones(run_dir: str) -> list[tuple[int, pathlib.Path]]:
-  """(words seen, checkpoint dir) of every milestone `words_<N>` of a run, fewest words first.
-
-  Looks in `<run>/checkpoints/milestones/` (llamalogue/checkpoint.py's layout), then
-  `<run>/checkpoints/` and `<run>/`; a milestone is an orbax checkpoint (`state/`) or
-  a Hugging Face directory (`config.json`).
-  """
-  root = run_root(pathlib.Path(run_dir))
-  for folder in (root / "checkpoints" / "milestones", root / "checkpoints", root):
-    if not folder.is_dir():
-      continue
-    found = sorted((words_from_name(d.name), d) for d in folder.iterdir()
-                   if d.is_dir() and words_from_name(d.name) is not None
-                   and ((d / "state").exists() or (d / "config.json").exists()))
-    if found:
-      return found
-  raise DataError(f"config.init_from: no milestone checkpoints words_<N> under {root}/checkpoints/milestones "
-                  "(trajectory mode needs a pre-training workdir)")
+def default_config() -> ml_collections.ConfigDict:
+  """The `evaluate` mode's settings (configs/evaluate.py; a fine-tuning run's base-vs-result evaluation)."""
+  c = ml_collections.ConfigDict()
+  c.mode = "evaluate"
+  c.init_from = ""
+  c.tokenizer = ""               # "": the tokenizer saved beside the model
+  c.dtype = "float32"
+  # "all" or comma-separated: dialogue_word, dialogue_token, dialogue_heldout, zorro, blimp,
+  # blimp_filtered, supplement, ewok, entity_tracking, wug, reading, lexical_decision.
+  c.tasks = "all"
+  c.max_items_per_task = 0       # 0 = every item; else spread over sub-tasks (reading: >= 200 rows)
+  c.convention = "study"         # study (minicons sum + BOW correction) | babylm2025 (plain span sum)
+  c.lowercase = "auto"           # auto: lower-case BLiMP and Zorro under `study`, as its scripts did | yes | no
+  c.heldout_pairs = ""           # JSONL of {prompt, chosen, rejected} for task dialogue_heldout (`data:` allowed)
+  c.reference_model = "llamalogue"  # the study's row (STUDY.md §7) to print beside ours
+  c.trajectory = False
+  c.compare_to = ""
+  c.reuse = True                 # skip a checkpoint whose results.json has the same settings
+  c.batch_tokens = 2048          # padded tokens per forward pass (2 CPU cores: 1-4k is best)
+  c.pad_multiple = 8             # pad lengths to a multiple of this (one compile per length bucket)
+  c.min_shared_prefix = 48       # candidates sharing this many prefix tokens run the prefix once
+  return c
 
 
 # ---------------------------------------------------------------------------- settings
@@ -115,18 +90,23 @@ def load_tasks(settings: dict) -> list[tasks_lib.Task]:
 # ---------------------------------------------------------------------------- evaluation
 
 def _bar(total: int, desc: str):
-  from tqdm import tqdm
-  return tqdm(total=total, desc=f"{desc:>16}", unit="text", file=sys.stderr, mininterval=1.0, leave=True,
-              dynamic_ncols=True)
+  return progress.bar(total, f"{desc:>16}", "text")
 
 
 def evaluate_task(scorer: scoring.Scorer, task: tasks_lib.Task) -> tuple[dict, list[dict]]:
-  """Scores every candidate once; per-sub-task accuracy (or rho) and per-item predictions."""
+  """Scores every candidate once; per-sub-task accuracy (or rho) and per-item predictions.
+
+  With several processes each scores its share of the items (`distributed.my_rows`) and the scores are
+  gathered, so every process holds the whole task's results."""
   groups = [list(zip(it.texts, it.spans)) for it in task.items]
   distinct = len(set(k for g in groups for k in g))
+  mine = [groups[i] for i in distributed.my_rows(len(groups))]
   start = time.time()
-  with _bar(distinct, task.name) as bar:
-    per_item = scorer.score_groups(groups, bar.update)
+  with _bar(len(set(k for g in mine for k in g)), task.name) as bar:
+    per_item = scorer.score_groups(mine, bar.update)
+  if jax.process_count() > 1:
+    per_item = [np.asarray(s, np.float64) for part in distributed.allgather_json(
+        f"evaluate {task.name}", [s.tolist() for s in per_item]) for s in part]
   seconds = time.time() - start
   result = {"name": task.name, "benchmark": task.benchmark, "kind": task.kind, "source": task.source,
             "items": len(task.items), "texts_scored": distinct, "seconds": round(seconds, 2),
@@ -156,6 +136,14 @@ def evaluate_task(scorer: scoring.Scorer, task: tasks_lib.Task) -> tuple[dict, l
 
 
 def evaluate_reading(scorer: scoring.Scorer, max_rows: int) -> tuple[dict, list[dict]]:
+  """The reading task (a regression over all its rows): process 0 computes it, every process gets it."""
+  if jax.process_count() > 1:
+    return tuple(distributed.broadcast_json("evaluate reading", _reading(scorer, max_rows) if distributed.is_lead()
+                                            else None))
+  return _reading(scorer, max_rows)
+
+
+def _reading(scorer: scoring.Scorer, max_rows: int) -> tuple[dict, list[dict]]:
   bar = _bar(0, "reading")
   def progress(n):
     if bar.total == 0:
@@ -170,7 +158,6 @@ def evaluate_reading(scorer: scoring.Scorer, max_rows: int) -> tuple[dict, list[
 
 
 def load_scorer(init_from: str, config) -> tuple[scoring.Scorer, dict]:
-  from llamalogue import hf
   model, tokenizer = hf.load(init_from, config.get("dtype", "float32"))
   if config.get("tokenizer"):
     tokenizer = hf.load_tokenizer(tokenizer_path(config.tokenizer), model.cfg.vocab_size)
@@ -186,7 +173,6 @@ def load_scorer(init_from: str, config) -> tuple[scoring.Scorer, dict]:
 
 
 def tokenizer_path(spec: str) -> str:
-  from llamalogue import paths
   return str(paths.resolve(spec, "config.tokenizer"))
 
 
@@ -196,7 +182,6 @@ def evaluate_checkpoint(init_from: str, out_dir: pathlib.Path, config, settings:
   out_dir = pathlib.Path(out_dir)
   previous = out_dir / "results.json"
   if config.get("reuse", True) and previous.exists():
-    import json
     old = json.loads(previous.read_text())
     if old.get("settings") == settings and old.get("init_from") == str(init_from):
       print(f"evaluate: {out_dir.name}: reusing {previous} (same settings)")
@@ -220,9 +205,11 @@ def evaluate_checkpoint(init_from: str, out_dir: pathlib.Path, config, settings:
   results["tasks"] = {n: results["tasks"][n] for n in settings["tasks"] if n in results["tasks"]}
   results["benchmarks"] = {r["benchmark"]: r["score"] for r in results["tasks"].values()}
   results["seconds"] = time.time() - start
-  report.write_jsonl(out_dir / "predictions.jsonl", predictions)
-  report.atomic_write(out_dir / "results.md", report.results_markdown(results))
-  report.write_json(out_dir / "results.json", results)
+  if distributed.is_lead():  # one writer; the others wait, then read what it wrote when they reuse it
+    report.write_jsonl(out_dir / "predictions.jsonl", predictions)
+    report.atomic_write(out_dir / "results.md", report.results_markdown(results))
+    report.write_json(out_dir / "results.json", results)
+  distributed.barrier(f"evaluate {out_dir.name}")
   print(f"evaluate: {out_dir.name}: " + ", ".join(
       f"{n} {report.fmt(report.task_value(r), 1 if r['kind'] != 'correlation' else 3)}"
       for n, r in results["tasks"].items()) + f" ({results['seconds']:.0f} s) -> {out_dir}")
@@ -250,7 +237,7 @@ def run(config, workdir: str) -> None:
              for c in compare_list(config)]
   if not config.get("trajectory", False):
     base = evaluate_checkpoint(config.init_from, eval_root / checkpoint_name(config.init_from), config, settings)
-    if compare:
+    if compare and distributed.is_lead():
       rows = [summary_row(base)]
       md = report.trajectory_markdown(rows, settings["tasks"], [summary_row(c) for c in compare])
       report.atomic_write(eval_root / "comparison.md", md.replace("# Learning trajectory", "# Comparison"))
@@ -262,6 +249,8 @@ def run(config, workdir: str) -> None:
     res = evaluate_checkpoint(str(ckpt), out / ckpt.name, config, settings, words)
     rows.append(summary_row(res))
   compare_rows = [summary_row(c) for c in compare]
+  if not distributed.is_lead():
+    return
   report.write_json(out / "trajectory.json", {"settings": settings, "rows": rows, "compare": compare_rows,
                                               "reference": report.reference_trajectory()})
   report.atomic_write(out / "trajectory.md", report.trajectory_markdown(rows, settings["tasks"], compare_rows))
@@ -273,8 +262,7 @@ def run(config, workdir: str) -> None:
 def evaluate_against_base(base: str, run_dir, eval_cfg, heldout_pairs: str = "") -> dict:
   """A fine-tuning run's end: evaluate the base and the run (`eval_cfg`: tasks, max_items_per_task,
   convention) and write RUN/eval/comparison.md; `heldout_pairs` adds our held-out dialogue pairs."""
-  from configs import evaluate as evaluate_config
-  ec = evaluate_config.get_config()
+  ec = default_config()
   ec.init_from = base
   ec.compare_to = str(pathlib.Path(run_dir).resolve())
   tasks = eval_cfg.tasks
@@ -284,7 +272,9 @@ def evaluate_against_base(base: str, run_dir, eval_cfg, heldout_pairs: str = "")
   ec.tasks = tasks
   ec.max_items_per_task = eval_cfg.max_items_per_task
   ec.convention = eval_cfg.convention
-  _reuse_base_results(base, pathlib.Path(run_dir) / "eval" / checkpoint_name(base), settings_from(ec))
+  if distributed.is_lead():
+    _reuse_base_results(base, pathlib.Path(run_dir) / "eval" / checkpoint_name(base), settings_from(ec))
+  distributed.barrier("evaluate: reuse base results")
   run(ec, str(run_dir))
   return {"comparison": str(pathlib.Path(run_dir) / "eval" / "comparison.md"), "tasks": tasks}
 
@@ -292,8 +282,6 @@ def evaluate_against_base(base: str, run_dir, eval_cfg, heldout_pairs: str = "")
 def _reuse_base_results(base: str, out_dir: pathlib.Path, settings: dict) -> None:
   """Copies the base's results from an earlier run of the same evaluation (another fine-tuning run of the
   same base, or the base's own run dir) into `out_dir`, so that evaluate_checkpoint reuses them."""
-  import json
-  import shutil
   if (out_dir / "results.json").exists() or base.startswith("hf:"):
     return
   root = run_root(pathlib.Path(base))

@@ -29,8 +29,12 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from evaluation import shared_prefix
 from evaluation.shared_prefix import common_prefix_len
+from llamalogue import ops
+from llamalogue.shapes import batch_size_for, bucket_len, tail_batch_size
 from llamalogue.errors import ConfigError, DataError
 
 CONVENTIONS = ("study", "babylm2025")
@@ -83,21 +87,20 @@ def encode(tokenizer, texts: Sequence[str], span_starts: Sequence[int]) -> tuple
 
 # ---------------------------------------------------------------------------- numerics
 
-def token_stats(logits_BxLxV: jax.Array, tokens_BxL: jax.Array, bow_V: jax.Array | None):
-  """Per-position log-probabilities of the actual tokens and of "next token starts a word".
+def token_stats(model, h_BxLxD: jax.Array, tokens_BxL: jax.Array, bow_V: jax.Array | None):
+  """Per-position log-probabilities of the actual tokens and of "next token starts a word", from the
+  hidden states `h` of `tokens` (`ops.token_logprobs` through the model's head: chunked).
 
   Returns `tok_lp_BxL` with `tok_lp[:, k] = log p(t_k | t_<k)` (0 at k = 0) and
   `bow_lp_BxL` with `bow_lp[:, k] = log P(t_{k+1} is word-initial | t_<=k)` (zeros if
   `bow_V` is None).
   """
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-  picked_BxL = jnp.take_along_axis(logits_BxLxV[:, :-1], tokens_BxL[:, 1:, None], axis=-1)[..., 0]
-  tok_lp_BxL = jnp.pad(picked_BxL - logz_BxL[:, :-1], ((0, 0), (1, 0)))
+  next_BxL = jnp.pad(tokens_BxL[:, 1:], ((0, 0), (0, 1)))    # the last position's target is a placeholder
+  out = ops.token_logprobs(h_BxLxD, model.head_kernel(), next_BxL, mask_V=bow_V)
+  tok_lp_BxL = jnp.pad(out["logprobs"][:, :-1], ((0, 0), (1, 0)))
   if bow_V is None:
     return tok_lp_BxL, jnp.zeros_like(tok_lp_BxL)
-  bow_logz_BxL = jax.nn.logsumexp(jnp.where(bow_V, logits_BxLxV, -jnp.inf), axis=-1)
-  return tok_lp_BxL, bow_logz_BxL - logz_BxL
+  return tok_lp_BxL, out["masked_logprob"]
 
 
 def span_scores(tok_lp_BxL: np.ndarray, bow_lp_BxL: np.ndarray, is_bow_BxL: np.ndarray,
@@ -122,27 +125,6 @@ def span_scores(tok_lp_BxL: np.ndarray, bow_lp_BxL: np.ndarray, is_bow_BxL: np.n
 
 # ---------------------------------------------------------------------------- batching
 
-def batch_size_for(pad_len: int, batch_tokens: int, max_batch: int) -> int:
-  """A power-of-two batch size with about `batch_tokens` tokens per batch."""
-  b = max(1, batch_tokens // pad_len)
-  return min(max_batch, 1 << (b.bit_length() - 1))
-
-
-def bucket_len(n: int, multiple: int) -> int:
-  """Padded length: a multiple of `multiple` up to 4 of them, then steps of about x1.5.
-
-  Few distinct lengths means few compilations; the geometric steps waste at most
-  about a third of a long batch on padding.
-  """
-  padded = max(multiple, -(-n // multiple) * multiple)
-  if padded <= 4 * multiple:
-    return padded
-  units = 4                       # 4, 6, 8, 12, 16, 24, ... times `multiple`
-  while units * multiple < padded:
-    units = units * 3 // 2 if units & (units - 1) == 0 else units * 4 // 3
-  return units * multiple
-
-
 def plan_batches(lengths: Sequence[int], pad_multiple: int, batch_tokens: int,
                  max_batch: int) -> list[tuple[int, int, np.ndarray]]:
   """Groups row indices into `(batch_size, pad_len, rows)` buckets, shortest first."""
@@ -159,45 +141,39 @@ def plan_batches(lengths: Sequence[int], pad_multiple: int, batch_tokens: int,
   return plans
 
 
-def tail_batch_size(n: int, smallest: int = 8) -> int:
-  """The batch size for a last, partial batch of `n` rows: the next power of two (at least `smallest`).
-
-  Keeps shapes few (one compile each) while a small remainder is not padded to a full batch.
-  """
-  return max(smallest, 1 << (n - 1).bit_length())
-
-
 # ---------------------------------------------------------------------------- scorer
 
-_COMPILED: dict = {}   # share_key -> jitted functions, reused by every scorer of the same model shape
+_COMPILED: dict = {}   # (graphdef, jit) -> jitted functions, reused by every scorer of the same model shape
 
 
-def _compile(apply_fn, prefix_fn, jit: bool):
-  """The (full rows, shared prefix) statistics functions, jitted; the BOW mask is an argument (None: no BOW)."""
+def _compile(graphdef, jit: bool):
+  """The (full rows, shared prefix) statistics functions of a model shape, jitted; params, tokens and
+  the BOW mask (None: no BOW) are arguments."""
 
   def stats(params, tokens_BxL, bow_V):
-    return token_stats(apply_fn(params, tokens_BxL), tokens_BxL, bow_V)
+    model = nnx.merge(graphdef, params)
+    return token_stats(model, model.hidden(tokens_BxL), tokens_BxL, bow_V)
 
   def group_stats(params, prefix_BxP, prefix_len_B, cont_BxKxC, last_tok_B, bow_V):
-    last_BxV, cont_BxKxCxV = prefix_fn(params, prefix_BxP, prefix_len_B, cont_BxKxC)
-    b, k, c, v = cont_BxKxCxV.shape
-    logits = jnp.concatenate([jnp.broadcast_to(last_BxV[:, None, None, :], (b, k, 1, v)), cont_BxKxCxV], 2)
+    model = nnx.merge(graphdef, params)
+    last_BxD, cont_BxKxCxD = shared_prefix.forward(model, prefix_BxP, prefix_len_B, cont_BxKxC)
+    b, k, c, d = cont_BxKxCxD.shape
+    h = jnp.concatenate([jnp.broadcast_to(last_BxD[:, None, None, :], (b, k, 1, d)), cont_BxKxCxD], 2)
     tokens = jnp.concatenate([jnp.broadcast_to(last_tok_B[:, None, None], (b, k, 1)), cont_BxKxC], 2)
-    return token_stats(logits.reshape(b * k, c + 1, v), tokens.reshape(b * k, c + 1), bow_V)
+    return token_stats(model, h.reshape(b * k, c + 1, d), tokens.reshape(b * k, c + 1), bow_V)
 
   return (jax.jit(stats), jax.jit(group_stats)) if jit else (stats, group_stats)
 
 
 @dataclasses.dataclass
 class Scorer:
-  """Scores `(text, span_start)` requests with a causal LM.
+  """Scores `(text, span_start)` requests with one of our Llamas (`graphdef`, `params`).
 
-  `apply_fn(params, tokens_BxL) -> logits_BxLxV` must be jit-traceable; the optional
-  `prefix_fn(params, prefix_BxP, prefix_len_B, cont_BxKxC) -> (logits_BxV, logits_BxKxCxV)`
-  lets candidates sharing at least `min_shared` prefix tokens run that prefix once
-  (evaluation/shared_prefix.py).
+  Candidates sharing at least `min_shared` prefix tokens run that prefix once through the
+  model's KV cache (`share_prefix`, evaluation/shared_prefix.py). Scorers of models with the
+  same graphdef share their compiled programs.
   """
-  apply_fn: Callable
+  graphdef: object
   params: object
   tokenizer: object
   vocab_size: int
@@ -207,9 +183,8 @@ class Scorer:
   max_batch: int = 64
   max_len: int = 0                # 0: no limit; longer texts raise
   jit: bool = True
-  prefix_fn: Callable | None = None
+  share_prefix: bool = True
   min_shared: int = 48
-  share_key: object = None        # equal keys (e.g. the NNX graphdef) share compiled programs
 
   def __post_init__(self):
     if self.convention not in CONVENTIONS:
@@ -224,29 +199,19 @@ class Scorer:
     self.pad_id = self.tokenizer.pad_token_id
     if self.pad_id is None:
       self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-    key = None if self.share_key is None else (self.share_key, self.jit, self.prefix_fn is not None)
-    if key is not None and key in _COMPILED:
-      fns = _COMPILED[key]
-    else:
-      fns = _compile(self.apply_fn, self.prefix_fn, self.jit)
-      if key is not None:
-        _COMPILED[key] = fns
-    self._stats, self._group_stats = fns
+    key = (self.graphdef, self.jit)
+    if key not in _COMPILED:
+      _COMPILED[key] = _compile(self.graphdef, self.jit)
+    self._stats, self._group_stats = _COMPILED[key]
     self._bow_arg = jnp.asarray(self.bow_V) if self.bow_correction else None   # data: an argument, never a constant
     self._cache: dict[tuple[str, int], float] = {}   # (text, span_start) -> score, across tasks
     self.is_bow_V = self.bow_V if self.bow_V is not None else np.zeros(self.vocab_size, bool)
 
   @classmethod
   def from_model(cls, model, tokenizer, **kwargs) -> "Scorer":
-    """A scorer for a Flax NNX model: `model(tokens_BxL) -> logits_BxLxV`."""
-    from flax import nnx
-    from evaluation import shared_prefix
+    """A scorer for one of our Llamas (llamalogue/model.py)."""
     graphdef, state = nnx.split(model)
-    vocab = model.cfg.vocab_size if hasattr(model, "cfg") else kwargs.pop("vocab_size")
-    if shared_prefix.supported(model):
-      kwargs.setdefault("prefix_fn", lambda p, *a: shared_prefix.forward(nnx.merge(graphdef, p), *a))
-    kwargs.setdefault("share_key", graphdef)
-    return cls(lambda p, t: nnx.merge(graphdef, p)(t), state, tokenizer, vocab, **kwargs)
+    return cls(graphdef, state, tokenizer, model.cfg.vocab_size, **kwargs)
 
   def clear_cache(self) -> None:
     """Forgets cached scores (compiled programs are kept)."""
@@ -301,7 +266,7 @@ class Scorer:
         rows, firsts = ids[offset:offset + len(g)], first[offset:offset + len(g)]
         offset += len(g)
         n = min(common_prefix_len(rows), int(firsts.min())) if len(g) > 1 else 0
-        if self.prefix_fn is not None and n >= self.min_shared:
+        if self.share_prefix and n >= self.min_shared:
           shared.append((g, rows, firsts, n))
         else:
           plain.update((k, (r, f)) for k, r, f in zip(g, rows, firsts) if k not in self._cache)
@@ -386,11 +351,6 @@ class Scorer:
 
 
 # ---------------------------------------------------------------------------- decisions
-
-def pair_correct(good: np.ndarray, bad: np.ndarray) -> np.ndarray:
-  """A pair is correct only if the right item scores strictly higher."""
-  return np.asarray(good) > np.asarray(bad)
-
 
 def choice_correct(scores_NxK: np.ndarray, label: int = 0) -> np.ndarray:
   """Correct iff option `label` scores strictly higher than every other option."""

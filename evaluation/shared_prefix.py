@@ -4,18 +4,12 @@ Exact, not an approximation: a causal model's output at a position depends only 
 the tokens up to it, so the prefix is run once into the model's KV cache
 (`llamalogue.model.init_cache`) and each continuation attends to it instead of
 recomputing it. Five options after a ~200-token prefix cost ~1.3 prefixes instead of 5.
-`supported(model)` says whether a model has that cached forward (our Llama).
 """
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from llamalogue import model as model_lib
-
-
-def supported(model) -> bool:
-  return isinstance(model, model_lib.Llama)
 
 
 def common_prefix_len(rows) -> int:
@@ -29,7 +23,8 @@ def common_prefix_len(rows) -> int:
 
 
 def forward(model, prefix_BxP: jax.Array, prefix_len_B: jax.Array, cont_BxKxC: jax.Array):
-  """Logits after the last real prefix token `[B, V]` and at every continuation position `[B, K, C, V]`.
+  """Final hidden states at the last real prefix token `[B, D]` and at every continuation position
+  `[B, K, C, D]` (the scorer takes their log-probabilities through the head).
 
   Prefixes are right-padded (padding gets position -1: never attended to); continuation
   k of row b sits at positions `prefix_len[b] + 0..C-1` and sees the real prefix tokens
@@ -40,15 +35,9 @@ def forward(model, prefix_BxP: jax.Array, prefix_len_B: jax.Array, cont_BxKxC: j
   pos_BxP = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
   pos_BxP = jnp.where(pos_BxP < prefix_len_B[:, None], pos_BxP, -1)
   h_BxPxD, cache = model.hidden(prefix_BxP, pos_BxP, model_lib.init_cache(model.cfg, b, p + c))
-  last_BxV = model.logits(h_BxPxD[jnp.arange(b), prefix_len_B - 1])
+  last_BxD = h_BxPxD[jnp.arange(b), prefix_len_B - 1]
   cache = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0) if a.ndim else a, cache)   # every row's K options
   pos_NxC = (prefix_len_B[:, None, None] + jnp.arange(c, dtype=jnp.int32)).astype(jnp.int32)
   pos_NxC = jnp.broadcast_to(pos_NxC, (b, k, c)).reshape(b * k, c)
   h_NxCxD, _ = model.hidden(cont_BxKxC.reshape(b * k, c), pos_NxC, cache)
-  return last_BxV, model.logits(h_NxCxD).reshape(b, k, c, -1)
-
-
-def virtual_rows(rows, first, shared: int):
-  """Each row from its last shared token on, and its first scored index in that frame."""
-  cut = shared - 1
-  return [list(r[cut:]) for r in rows], np.asarray(first) - cut
+  return last_BxD, h_NxCxD.reshape(b, k, c, -1)

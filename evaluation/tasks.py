@@ -9,7 +9,6 @@ malformed line names the file and line.
 
 import csv
 import dataclasses
-import io
 import json
 import pathlib
 import zipfile

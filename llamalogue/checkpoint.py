@@ -19,11 +19,13 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from llamalogue import model as model_lib
 from llamalogue.paths import atomic_write
@@ -84,15 +86,57 @@ class RunCheckpoints:
     self.latest.close()
 
 
-def milestone_dirs(run_dir: str | os.PathLike) -> list[tuple[int, pathlib.Path]]:
-  """[(words, checkpoint dir)] of a run's milestone checkpoints, by words seen."""
-  root = pathlib.Path(run_dir) / "checkpoints" / MILESTONES
-  out = []
-  for d in root.glob("words_*") if root.exists() else []:
-    suffix = d.name[len("words_"):]
-    if suffix.isdigit() and (d / "state").exists():
-      out.append((int(suffix), d))
-  return sorted(out)
+# ---------------------------------------------------------------------------- finding checkpoints
+
+_CONTAINERS = ("checkpoints", "milestones", "latest")
+
+
+def run_root(path: pathlib.Path) -> pathlib.Path:
+  """The run directory above `checkpoints/[milestones|latest]/...` containers."""
+  path = pathlib.Path(path).expanduser().resolve()
+  while path.name in _CONTAINERS and path.parent != path:
+    path = path.parent
+  return path
+
+
+def checkpoint_name(init_from: str) -> str:
+  """A folder name for a model: `hf:org/x` -> `org_x`; `<run>/checkpoints/.../<c>` -> `<run>-<c>`."""
+  if init_from.startswith("hf:"):
+    return init_from[3:].replace("/", "_")
+  p = pathlib.Path(init_from).expanduser().resolve()
+  if p.parent.name in _CONTAINERS:
+    return f"{run_root(p.parent).name}-{p.name}"
+  return p.name
+
+
+_WORDS = re.compile(r"^words_(\d+)([kKmMbB]?)$")
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+
+def words_from_name(name: str) -> int | None:
+  """`words_2000000` or `words_2M` -> 2_000_000; None if the name is not a milestone."""
+  m = _WORDS.match(name)
+  return int(m.group(1)) * _SCALE[m.group(2).lower()] if m else None
+
+
+def find_milestones(run_dir: str) -> list[tuple[int, pathlib.Path]]:
+  """(words seen, checkpoint dir) of every milestone `words_<N>` of a run, fewest words first.
+
+  Looks in `<run>/checkpoints/milestones/` (llamalogue/checkpoint.py's layout), then
+  `<run>/checkpoints/` and `<run>/`; a milestone is an orbax checkpoint (`state/`) or
+  a Hugging Face directory (`config.json`).
+  """
+  root = run_root(pathlib.Path(run_dir))
+  for folder in (root / "checkpoints" / "milestones", root / "checkpoints", root):
+    if not folder.is_dir():
+      continue
+    found = sorted((words_from_name(d.name), d) for d in folder.iterdir()
+                   if d.is_dir() and words_from_name(d.name) is not None
+                   and ((d / "state").exists() or (d / "config.json").exists()))
+    if found:
+      return found
+  raise DataError(f"config.init_from: no milestone checkpoints words_<N> under {root}/checkpoints/milestones "
+                  "(trajectory mode needs a pre-training workdir)")
 
 
 def _find_checkpoint(path: pathlib.Path) -> pathlib.Path:
@@ -107,7 +151,8 @@ def _find_checkpoint(path: pathlib.Path) -> pathlib.Path:
   raise DataError(f"{path}: not a checkpoint, a run directory or a Hugging Face model directory")
 
 
-def _run_root(ckpt: pathlib.Path) -> pathlib.Path:
+def _config_root(ckpt: pathlib.Path) -> pathlib.Path:
+  """The `checkpoints/` directory above a checkpoint: it holds model_config.json and the tokenizer."""
   for parent in ckpt.parents:
     if (parent / "model_config.json").exists():
       return parent
@@ -115,16 +160,14 @@ def _run_root(ckpt: pathlib.Path) -> pathlib.Path:
 
 
 def load_model(path: str | os.PathLike, dtype: str = "float32"):
-  """(model, tokenizer or None) from one of our checkpoints or run directories."""
-  from flax import nnx
-  from llamalogue import hf
-
+  """(model, the directory of its tokenizer or None) from one of our checkpoints or run directories
+  (llamalogue/hf.py `load` is the front that takes any model spec and loads the tokenizer too)."""
   ckpt = _find_checkpoint(pathlib.Path(path))
-  root = _run_root(ckpt)
+  root = _config_root(ckpt)
   cfg_dict = json.loads((root / "model_config.json").read_text())
   cfg = dataclasses.replace(model_lib.LlamaConfig(**cfg_dict), dtype=dtype).validate()
   graphdef, abstract = model_lib.abstract_model(cfg)
-  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), model_lib.pure_dict(abstract))
   # A PPO state keeps the language model under params/policy (beside its value head).
   wrap = (lambda t: {"policy": t}) if "ppo" in read_meta(ckpt) else (lambda t: t)
@@ -134,9 +177,7 @@ def load_model(path: str | os.PathLike, dtype: str = "float32"):
       restore_args={"params": wrap(jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), target))},
       partial_restore=True))
   params = restored["params"]["policy"] if "ppo" in read_meta(ckpt) else restored["params"]
-  model = nnx.merge(graphdef, params)
-  tokenizer = hf.load_tokenizer(root / "tokenizer", cfg.vocab_size) if (root / "tokenizer").exists() else None
-  return model, tokenizer
+  return nnx.merge(graphdef, params), (root / "tokenizer" if (root / "tokenizer").exists() else None)
 
 
 def read_meta(ckpt: str | os.PathLike) -> dict:

@@ -20,7 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
+from llamalogue import checkpoint, distributed
 from llamalogue import model as model_lib
 from llamalogue.errors import ConfigError, DataError, LlamalogueError
 
@@ -121,7 +124,6 @@ def to_tensors(model: model_lib.Llama) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
-  from safetensors import safe_open
   files = sorted(directory.glob("*.safetensors"))
   if not files:
     raise DataError(f"{directory}: no *.safetensors file (pytorch_model.bin is not supported; re-save with safe_serialization)")
@@ -161,7 +163,7 @@ def load_tokenizer(directory: str | os.PathLike, vocab_size: int | None = None):
   directory = pathlib.Path(directory)
   if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer.model").exists():
     return None
-  from transformers import AutoTokenizer
+  from transformers import AutoTokenizer  # heavy (torch-backed): imported when a tokenizer is loaded
   tok = AutoTokenizer.from_pretrained(str(directory))
   if vocab_size is not None and len(tok) > vocab_size:
     raise ConfigError(f"{directory}: tokenizer has {len(tok)} tokens but the model's vocabulary is {vocab_size}; "
@@ -185,13 +187,13 @@ def load(spec: str, dtype: str = "float32"):
     raise DataError(f"config.init_from: path does not exist: {path}")
   if is_hf_dir(path):
     return load_hf_dir(path, dtype)
-  from llamalogue import checkpoint
-  return checkpoint.load_model(path, dtype)
+  model, tokenizer_dir = checkpoint.load_model(path, dtype)
+  return model, None if tokenizer_dir is None else load_tokenizer(tokenizer_dir, model.cfg.vocab_size)
 
 
 def _download(repo_id: str) -> pathlib.Path:
   try:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # only when downloading from the hub
     return pathlib.Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"]))
   except Exception as e:
     raise LlamalogueError(f"hf:{repo_id}: cannot download from the Hugging Face hub ({type(e).__name__}); "
@@ -205,7 +207,6 @@ def export(model: model_lib.Llama, out_dir: str | os.PathLike, tokenizer_dir: st
 
   Written to a temporary sibling directory first, then renamed: never half-written.
   """
-  from safetensors.numpy import save_file
   out_dir = pathlib.Path(out_dir)
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
@@ -237,7 +238,9 @@ def tokenizer_dir_for(spec: str, tokenizer, workdir) -> pathlib.Path:
   if found is not None:
     return found
   out = pathlib.Path(workdir) / "tokenizer_src"
-  tokenizer.save_pretrained(str(out))
+  if distributed.is_lead():
+    tokenizer.save_pretrained(str(out))
+  distributed.barrier("tokenizer files")
   return out
 
 

@@ -5,7 +5,7 @@ import os
 import pathlib
 import time
 
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
@@ -27,7 +27,6 @@ class MetricWriter:
 
   def write_text(self, step: int, tag: str, text: str) -> None:
     """A Markdown text summary (TensorBoard's Text tab), e.g. sample replies."""
-    from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
     meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
     tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
                                     tensor_shape=tensor_shape_pb2.TensorShapeProto())
@@ -48,7 +47,7 @@ class MetricWriter:
 
 def read_scalars(tb_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
   """All scalars of the event files in `tb_dir`: {tag: [(step, value)]} (for tests and plots)."""
-  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # readers only (tests, plots)
   acc = EventAccumulator(str(tb_dir))
   acc.Reload()
   return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -71,6 +71,13 @@ PRESETS = {
 }
 
 
+def compute_dtype(requested: str) -> str:
+  """`config.model.dtype` as a dtype name: `auto` is bfloat16 on GPU/TPU, float32 on CPU."""
+  if requested == "auto":
+    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+  return requested
+
+
 def config_from(model_cfg: Any, vocab_size: int = 0) -> LlamaConfig:
   """A LlamaConfig from a `config.model` ConfigDict: a preset plus any field given there."""
   preset = model_cfg.get("preset", "tiny")
@@ -147,12 +154,6 @@ def rope_cos_sin(positions_BxL: jax.Array, dim: int, theta: float):
   return jnp.cos(emb_BxLxD), jnp.sin(emb_BxLxD)
 
 
-def apply_rope(x_BxLxHxD: jax.Array, cos_BxLxD: jax.Array, sin_BxLxD: jax.Array) -> jax.Array:
-  rotated = ops.rotate_half(x_BxLxHxD)
-  cos, sin = cos_BxLxD[:, :, None, :], sin_BxLxD[:, :, None, :]
-  return (x_BxLxHxD.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x_BxLxHxD.dtype)
-
-
 class Attention(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, dtype, *, rngs: nnx.Rngs):
@@ -175,8 +176,8 @@ class Attention(nnx.Module):
       out_BxLxHxK = ops.rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
       return self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
     kv, mask_Bx1xLxT, end = cache
-    q_BxLxHxK = apply_rope(q_BxLxHxK, cos_BxLxK, sin_BxLxK)
-    k_BxLxGxK = apply_rope(k_BxLxGxK, cos_BxLxK, sin_BxLxK)
+    q_BxLxHxK = ops.apply_rope(q_BxLxHxK, cos_BxLxK, sin_BxLxK)
+    k_BxLxGxK = ops.apply_rope(k_BxLxGxK, cos_BxLxK, sin_BxLxK)
     # The cache is head-major: the attention's own transposes of it cancel (no copy per step).
     write = lambda c, x: jax.lax.dynamic_update_slice(c, jnp.swapaxes(x, 1, 2).astype(c.dtype), (0, 0, end, 0))
     k_BxGxTxK, v_BxGxTxK = write(kv["k"], k_BxLxGxK), write(kv["v"], v_BxLxGxK)
@@ -239,8 +240,14 @@ class Llama(nnx.Module):
     h_BxLxD, cache = self.hidden(tokens_BxL, positions_BxL, cache)
     return self.logits(h_BxLxD), cache
 
+  def logprobs(self, inputs_BxL: jax.Array, targets_BxL: jax.Array, **kwargs) -> dict:
+    """Per-position log p(target | inputs up to it) and friends: `ops.token_logprobs` on the hidden
+    states and the head (chunked; `kwargs`: entropy, mask_V, chunk_tokens)."""
+    return ops.token_logprobs(self.hidden(inputs_BxL), self.head_kernel(), targets_BxL, **kwargs)
+
   def logits(self, h_BxLxD: jax.Array) -> jax.Array:
-    """The output head on final hidden states: float32 logits `[..., V]`."""
+    """The output head on final hidden states: float32 logits `[..., V]` (for the few positions a
+    sampler needs; log-probabilities of many positions come from `logprobs`, which never holds them all)."""
     return matmul_2d(h_BxLxD, self.head_kernel(), preferred_element_type=jnp.float32)
 
   def head_kernel(self) -> jax.Array:
@@ -333,13 +340,6 @@ def pure_dict(state) -> dict:
   return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()
 
 
-def token_logprobs(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-  """log p(target) at each position, float32."""
-  logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-  picked_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  return picked_BxL - logz_BxL
-
-
 def next_token_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> tuple[jax.Array, jax.Array]:
   """Summed masked next-token cross-entropy and the token count: a pure function of (params, batch).
 
@@ -349,5 +349,5 @@ def next_token_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> tuple[
   """
   model = nnx.merge(graphdef, params)
   mask_BxL = batch["loss_mask"].astype(jnp.float32)
-  loss_sum = ops.linear_cross_entropy(model.hidden(batch["inputs"]), model.head_kernel(), batch["targets"], mask_BxL)
-  return loss_sum, jnp.sum(mask_BxL)
+  logp_BxL = model.logprobs(batch["inputs"], batch["targets"])["logprobs"]
+  return -jnp.sum(logp_BxL * mask_BxL), jnp.sum(mask_BxL)

@@ -6,6 +6,7 @@ study runs exactly what `python main.py --config=configs/<stage>.py` runs.
 
 import importlib
 
+from llamalogue import config_check, distributed
 from llamalogue.errors import ConfigError
 
 MODES = {
@@ -30,10 +31,10 @@ TRAINING_MODES = {"pretrain", "dpo", "ppo", "study"}
 
 def run_mode(config, workdir: str):
   """Checks the common fields and the mode of `config`, then runs its mode in `workdir`."""
-  from llamalogue import config_check
   config_check.validate(config)
   mode = config.get("mode")
   if mode not in MODES:
     raise ConfigError(f"config.mode: unknown mode {mode!r}; choose one of {sorted(MODES)}")
+  distributed.initialize(config.get("distributed"))   # before any device is touched; a no-op for one process
   module_name, fn_name = MODES[mode].split(":")
   return getattr(importlib.import_module(module_name), fn_name)(config, workdir)

@@ -1,25 +1,29 @@
-"""Attention and the output-head loss, with kernels chosen per backend.
+"""Attention and the output head's log-probabilities, with kernels chosen per backend.
 
-- `rope_attention(q, k, v, cos, sin)`: rotary embedding + causal grouped-query attention.
-- `linear_cross_entropy(h, w, targets, mask)`: output projection + masked next-token
-  cross-entropy, summed; the `[tokens, vocab]` logits are never held in memory whole.
+- `rope_attention(q, k, v, cos, sin)`: rotary embedding + causal grouped-query attention;
+  `apply_rope` is the one rotary embedding (the model's cached forward uses it too).
+- `token_logprobs(h, w, targets)`: output projection + per-token log p(target) (and, where
+  asked, entropy and log-normalisers), chunked so the `[tokens, vocab]` logits are never held
+  whole. It is the project's one log-probability path: the pre-training loss
+  (`model.next_token_loss`), DPO, PPO, the scorer and the teacher call it; `logprob_stats` is its
+  per-chunk arithmetic, which the sampler applies to the one row of logits it samples from.
+  `kl_divergence` is the chunked KL of two heads (PPO's `full` penalty).
 
 Two kernel sets, picked at trace time by `select_kernels()` (the backend, or the override
 `LLAMALOGUE_KERNELS=cpu|accelerator`, or the functions' `kernels=` argument):
 
 - `cpu` (XLA:CPU): hand-written backward passes. Attention moves heads once to a
   head-major layout in which rotary, scores, softmax and the weighted sum are all
-  contiguous, so XLA never fuses an elementwise op into a strided transpose. The loss
-  computes the gradient with respect to `h` and `w` in the same chunked pass as the
-  loss, so logits are never recomputed.
+  contiguous, so XLA never fuses an elementwise op into a strided transpose. The log-prob
+  backward reads the probabilities its forward kept, so logits are never recomputed.
 - `accelerator` (GPU/TPU): rotary embedding, then `jax.nn.dot_product_attention`
   (cuDNN flash attention on GPU in bfloat16/float16, XLA otherwise; override with
-  `LLAMALOGUE_ATTENTION=xla|cudnn`). The loss is a scan over large token chunks with
-  logits in the compute dtype, logsumexp in float32, and a backward pass that
-  recomputes each chunk's logits (only `[tokens]` log-normalisers are kept).
+  `LLAMALOGUE_ATTENTION=xla|cudnn`). The log-probs are a scan over large token chunks with
+  logits in the compute dtype, logsumexp in float32, and a backward pass that recomputes
+  each chunk's logits (only `[tokens]` log-normalisers are kept).
 
-Both equal the plain formulation (model.py's reference path) to rounding; the tests
-check values and gradients of both sets against it on CPU.
+Both equal the plain formulation (full logits, then log-softmax) to rounding; the tests check
+values and gradients of both sets against it on CPU.
 """
 
 import functools
@@ -161,7 +165,49 @@ def _attention_bwd(res, do_BxLxHxK):
 rope_attention_cpu.defvjp(_attention_fwd, _attention_bwd)
 
 
-# ------------------------------------------------------------------- output head + loss
+# ------------------------------------------------ log-probabilities from hidden states (the one path)
+
+def logprob_stats(logits_TxV: jax.Array, targets_T: jax.Array, *, entropy: bool = False,
+                  mask_V: jax.Array | None = None) -> dict:
+  """The log-probability arithmetic on logits of a few rows (any leading shape `[..., V]`), in float32.
+
+  `logprobs` = log p(target); `logz` = log Σ exp(logits); with `entropy`, the entropy of the
+  distribution; with a bool `mask_V`, `masked_logprob` = log P(next token ∈ mask). Every
+  log-probability of the project comes from here: `token_logprobs` applies it chunk by chunk
+  to the output head's logits, the sampler to the logits of the row it is sampling.
+  """
+  logits = logits_TxV.astype(jnp.float32)
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets_T[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  out = {"logprobs": picked - logz, "logz": logz}
+  if entropy:
+    p = jnp.exp(logits - logz[..., None])
+    out["entropy"] = logz - jnp.sum(p * logits, axis=-1)
+  if mask_V is not None:
+    out["masked_logprob"] = jax.nn.logsumexp(jnp.where(mask_V, logits, -jnp.inf), axis=-1) - logz
+  return out
+
+
+def token_logprobs(h_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array, *, entropy: bool = False,
+                   mask_V: jax.Array | None = None, chunk_tokens: int | None = None,
+                   kernels: str | None = None) -> dict:
+  """Per-position log p(target) under the output head `w` on hidden states `h`, never holding the
+  `[B, L, V]` logits whole: about `chunk_tokens` tokens (all batch rows × a run of positions, so a
+  batch-sharded input stays sharded) are projected at a time (default 256 on CPU, 4096 on accelerators).
+
+  Returns `{"logprobs", "logz"}` `[B, L]` float32 (and `entropy`, `masked_logprob`: see
+  `logprob_stats`). Gradients flow to `h` and `w` through `logprobs` only (the other outputs are
+  statistics). The backward pass differs by kernel set: on CPU the forward keeps each chunk's
+  probabilities (no logits recomputed); on accelerators it keeps only `logz` and recomputes each
+  chunk's logits, in the compute dtype (no float32 `[tokens, vocab]` array at all).
+  """
+  which = select_kernels(kernels)
+  chunk_tokens = chunk_tokens or (256 if which == "cpu" else 4096)
+  b, l, _ = h_BxLxD.shape
+  chunk_len = _divisor_at_most(l, max(1, chunk_tokens // b))
+  lp, aux = _token_logprobs(h_BxLxD, w_DxV, targets_BxL.astype(jnp.int32), mask_V, chunk_len, which, entropy)
+  return {"logprobs": lp, **jax.lax.stop_gradient(aux)}
+
 
 def _divisor_at_most(n: int, k: int) -> int:
   """The largest divisor of n that is <= k (and >= 1)."""
@@ -185,113 +231,87 @@ def _from_chunks(x_NxT, b: int):
       (b, n * (t // b)) + x_NxT.shape[2:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _linear_ce(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len):
-  return _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads=False)[0]
+def _chunk_logits(h_TxD, w_DxV, kind: str):
+  """One chunk's logits: float32 accumulation; on accelerators rounded to the compute dtype (then read as float32)."""
+  if kind == "cpu":                                 # 2-D matmuls: see model.matmul_2d
+    return jnp.dot(h_TxD, w_DxV, preferred_element_type=jnp.float32)
+  return jnp.dot(h_TxD, w_DxV, preferred_element_type=h_TxD.dtype).astype(jnp.float32)
 
 
-def _ce_scan(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len, with_grads):
-  """Loop over chunks of `chunk_len` positions (all batch rows at once, so a batch-sharded
-  input stays sharded): loss sum and, with_grads, d loss/d h and d loss/d w."""
+def _scan_chunks(body, xs, n: int):
+  """lax.scan of `body` over the chunk axis; one chunk: unrolled, so no loop."""
+  return jax.lax.scan(body, None, xs, unroll=n == 1)[1]
+
+
+def _forward(h_BxLxD, w_DxV, targets_BxL, mask_V, chunk_len, kind, entropy, keep_probs):
+  """(logprobs [B, L], statistics {name: [B, L]}, per-chunk residual for the backward pass)."""
+  b, l, _ = h_BxLxD.shape
+  n = l // chunk_len
+
+  def body(_, x):
+    h_TxD, tgt_T = x
+    logits_TxV = _chunk_logits(h_TxD, w_DxV, kind)
+    stats = logprob_stats(logits_TxV, tgt_T, entropy=entropy, mask_V=mask_V)
+    if keep_probs:                                   # CPU: the backward pass reads these instead of recomputing
+      stats["probs"] = jnp.exp(logits_TxV - stats["logz"][:, None]).astype(h_TxD.dtype)
+    return None, stats
+
+  stats = _scan_chunks(body, (_to_chunks(h_BxLxD, chunk_len), _to_chunks(targets_BxL, chunk_len)), n)
+  residual = stats.pop("probs") if keep_probs else stats["logz"]
+  out = {k: _from_chunks(v, b) for k, v in stats.items()}
+  return out.pop("logprobs"), out, residual
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _token_logprobs(h_BxLxD, w_DxV, targets_BxL, mask_V, chunk_len, kind, entropy):
+  lp, aux, _ = _forward(h_BxLxD, w_DxV, targets_BxL, mask_V, chunk_len, kind, entropy, keep_probs=False)
+  return lp, aux
+
+
+def _token_logprobs_fwd(h_BxLxD, w_DxV, targets_BxL, mask_V, chunk_len, kind, entropy):
+  lp, aux, residual = _forward(h_BxLxD, w_DxV, targets_BxL, mask_V, chunk_len, kind, entropy,
+                               keep_probs=kind == "cpu")
+  return (lp, aux), (h_BxLxD, w_DxV, targets_BxL, mask_V, residual)
+
+
+def _token_logprobs_bwd(chunk_len, kind, entropy, res, cotangents):
+  """d logprobs: per token t, g_t · (onehot(target_t) - p_t) against the head (the statistics carry none)."""
+  h_BxLxD, w_DxV, targets_BxL, mask_V, residual = res
+  g_BxL = cotangents[0].astype(jnp.float32)
   n = h_BxLxD.shape[1] // chunk_len
-  chunks = lambda x: _to_chunks(x, chunk_len)                         # [n, T = b * chunk_len, ...]
 
   def body(dw_DxV, x):
-    h_TxD, tgt_T, m_T = x
-    logits = jnp.dot(h_TxD, w_DxV, preferred_element_type=jnp.float32)    # 2-D matmuls: see model.matmul_2d
-    mx = jnp.max(logits, axis=-1, keepdims=True)
-    e = jnp.exp(logits - mx)
-    z = jnp.sum(e, axis=-1, keepdims=True)
-    picked = jnp.take_along_axis(logits, tgt_T[:, None], axis=-1)[:, 0]
-    loss = jnp.sum((jnp.log(z[:, 0]) + mx[:, 0] - picked) * m_T)
-    if not with_grads:
-      return dw_DxV, (loss, None)
-    onehot = jnp.arange(logits.shape[-1]) == tgt_T[:, None]
-    g_TxV = ((e / z - onehot) * m_T[:, None]).astype(h_TxD.dtype)          # d loss / d logits
-    dh_TxD = jnp.dot(g_TxV, w_DxV.T, preferred_element_type=jnp.float32).astype(h_TxD.dtype)
-    return dw_DxV + jnp.dot(h_TxD.T, g_TxV, preferred_element_type=jnp.float32), (loss, dh_TxD)
+    h_TxD, tgt_T, g_T, r = x
+    p_TxV = r.astype(jnp.float32) if kind == "cpu" else jnp.exp(_chunk_logits(h_TxD, w_DxV, kind) - r[:, None])
+    onehot_TxV = jnp.arange(p_TxV.shape[-1]) == tgt_T[:, None]
+    d_TxV = (g_T[:, None] * (onehot_TxV - p_TxV)).astype(h_TxD.dtype)   # d loss / d logits
+    dh_TxD = jnp.dot(d_TxV, w_DxV.T, preferred_element_type=jnp.float32).astype(h_TxD.dtype)
+    return dw_DxV + jnp.dot(h_TxD.T, d_TxV, preferred_element_type=jnp.float32), dh_TxD
 
-  dw0 = jnp.zeros(w_DxV.shape, jnp.float32) if with_grads else None
-  # one chunk: unrolled, so no loop
-  dw, (loss, dh) = jax.lax.scan(body, dw0, (chunks(h_BxLxD), chunks(targets_BxL), chunks(mask_BxL)),
-                                unroll=n == 1)
-  if dh is not None:
-    dh = _from_chunks(dh, h_BxLxD.shape[0])
-  return jnp.sum(loss), dh, dw
+  xs = (_to_chunks(h_BxLxD, chunk_len), _to_chunks(targets_BxL, chunk_len), _to_chunks(g_BxL, chunk_len), residual)
+  dw_DxV, dh_NxTxD = jax.lax.scan(body, jnp.zeros(w_DxV.shape, jnp.float32), xs, unroll=n == 1)
+  no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
+  return (_from_chunks(dh_NxTxD, h_BxLxD.shape[0]), dw_DxV.astype(w_DxV.dtype), no_grad(targets_BxL),
+          no_grad(mask_V))
 
 
-def _linear_ce_fwd(h, w, targets, mask, chunk_len):
-  loss, dh, dw = _ce_scan(h, w, targets, mask, chunk_len, with_grads=True)
-  return loss, (dh, dw.astype(w.dtype), targets, mask)
+_token_logprobs.defvjp(_token_logprobs_fwd, _token_logprobs_bwd)
 
 
-def _linear_ce_bwd(chunk_len, res, g):
-  dh, dw, targets, mask = res
-  return ((g * dh).astype(dh.dtype), (g * dw).astype(dw.dtype),
-          np.zeros(targets.shape, jax.dtypes.float0), jnp.zeros_like(mask))
-
-
-_linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
-
-
-def linear_cross_entropy(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_tokens: int | None = None,
-                         kernels: str | None = None):
-  """sum over positions of mask * -log softmax(h @ w)[target], in float32.
-
-  About `chunk_tokens` tokens (all batch rows × a run of positions) are projected at a
-  time (default: 256 on CPU, 4096 on accelerators). No gradient flows to `targets` or `mask`.
-  """
+def kl_divergence(h_BxLxD, w_DxV, ref_h_BxLxD, ref_w_DxV, chunk_tokens: int | None = None,
+                  kernels: str | None = None) -> jax.Array:
+  """KL(p || q) `[B, L]` of two models' next-token distributions (p: `h @ w`, q: `ref_h @ ref_w`), chunked
+  like `token_logprobs` (no gradient: a penalty computed from a rollout)."""
   which = select_kernels(kernels)
   chunk_tokens = chunk_tokens or (256 if which == "cpu" else 4096)
   b, l, _ = h_BxLxD.shape
   chunk_len = _divisor_at_most(l, max(1, chunk_tokens // b))
-  fn = _linear_ce if which == "cpu" else _linear_ce_recompute
-  return fn(h_BxLxD, w_DxV, targets_BxL, mask_BxL.astype(jnp.float32), chunk_len)
 
-
-# ------------------------------------------------------- output head + loss (accelerators)
-
-def _chunk_logits(h_TxD, w_DxV):
-  """Logits of one chunk in the compute dtype (float32 accumulation), read as float32 by the reductions."""
-  return jnp.dot(h_TxD, w_DxV, preferred_element_type=h_TxD.dtype).astype(jnp.float32)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _linear_ce_recompute(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len):
-  return _recompute_fwd(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len)[0]
-
-
-def _recompute_fwd(h_BxLxD, w_DxV, targets_BxL, mask_BxL, chunk_len):
   def body(_, x):
-    h_TxD, tgt_T = x
-    logits_TxV = _chunk_logits(h_TxD, w_DxV)
-    lse_T = jax.nn.logsumexp(logits_TxV, axis=-1)
-    picked_T = jnp.take_along_axis(logits_TxV, tgt_T[:, None], axis=-1)[:, 0]
-    return None, (lse_T, picked_T)
+    h_TxD, ref_TxD = x
+    logp = jax.nn.log_softmax(_chunk_logits(h_TxD, w_DxV, which), axis=-1)
+    logq = jax.nn.log_softmax(_chunk_logits(ref_TxD, ref_w_DxV, which), axis=-1)
+    return None, jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
 
-  n = h_BxLxD.shape[1] // chunk_len
-  _, (lse_NxT, picked_NxT) = jax.lax.scan(
-      body, None, (_to_chunks(h_BxLxD, chunk_len), _to_chunks(targets_BxL, chunk_len)), unroll=n == 1)
-  loss = jnp.sum((lse_NxT - picked_NxT) * _to_chunks(mask_BxL, chunk_len))
-  return loss, (h_BxLxD, w_DxV, targets_BxL, mask_BxL, lse_NxT)
-
-
-def _recompute_bwd(chunk_len, res, g):
-  h_BxLxD, w_DxV, targets_BxL, mask_BxL, lse_NxT = res
-
-  def body(dw_DxV, x):
-    h_TxD, tgt_T, m_T, lse_T = x
-    p_TxV = jnp.exp(_chunk_logits(h_TxD, w_DxV) - lse_T[:, None])
-    onehot_TxV = jnp.arange(p_TxV.shape[-1]) == tgt_T[:, None]
-    g_TxV = ((p_TxV - onehot_TxV) * (g * m_T)[:, None]).astype(h_TxD.dtype)
-    dh_TxD = jnp.dot(g_TxV, w_DxV.T, preferred_element_type=jnp.float32).astype(h_TxD.dtype)
-    return dw_DxV + jnp.dot(h_TxD.T, g_TxV, preferred_element_type=jnp.float32), dh_TxD
-
-  n = h_BxLxD.shape[1] // chunk_len
-  xs = (_to_chunks(h_BxLxD, chunk_len), _to_chunks(targets_BxL, chunk_len), _to_chunks(mask_BxL, chunk_len), lse_NxT)
-  dw_DxV, dh_NxTxD = jax.lax.scan(body, jnp.zeros(w_DxV.shape, jnp.float32), xs, unroll=n == 1)
-  return (_from_chunks(dh_NxTxD, h_BxLxD.shape[0]), dw_DxV.astype(w_DxV.dtype),
-          np.zeros(targets_BxL.shape, jax.dtypes.float0), jnp.zeros_like(mask_BxL))
-
-
-_linear_ce_recompute.defvjp(_recompute_fwd, _recompute_bwd)
+  xs = (_to_chunks(h_BxLxD, chunk_len), _to_chunks(ref_h_BxLxD, chunk_len))
+  return jax.lax.stop_gradient(_from_chunks(_scan_chunks(body, xs, l // chunk_len), b))

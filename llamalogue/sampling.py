@@ -9,7 +9,7 @@ step are the model's one cached forward (`Llama(tokens, positions, cache)`); the
 loop is one `lax.while_loop` that ends when every row has finished (EOS, a stop token)
 or after `max_new_tokens`. One compile per (batch, prompt length, max_new_tokens): the
 settings are traced scalars, and `generate` pads prompt lengths to buckets
-(`evaluation.scoring.bucket_len`, multiples of 16).
+(`llamalogue.shapes.bucket_len`, multiples of 16).
 
 Sampling follows Hugging Face's warpers, in their order: temperature, top-k (keep the k
 highest), top-p (keep the smallest set of most likely tokens whose mass reaches top_p).
@@ -30,6 +30,7 @@ prompts use as plain strings, so the usual next tags also end it.
 import dataclasses
 import functools
 import json
+import pathlib
 import re
 from typing import Any, Sequence
 
@@ -38,10 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llamalogue import hf, paths
 from llamalogue import model as model_lib
+from llamalogue import ops
+from llamalogue.data.units import SPEAKER_TAG
+from llamalogue.shapes import bucket_len
 from llamalogue.errors import ConfigError, DataError
 
-SPEAKER_TAG = re.compile(r"\*[A-Z]{3}:")
 
 
 # ---------------------------------------------------------------------------- one step's choice
@@ -138,15 +142,16 @@ def choose(logits_BxV: jax.Array, u_B: jax.Array, temperature: jax.Array, top_p:
     return first_max(logits_BxV), jnp.zeros(logits_BxV.shape[:1], jnp.float32)
 
   token_B, lp_B = jax.lax.cond(greedy, argmax, sample)
-  return token_B, lp_B, pick(logits_BxV, token_B) - jax.nn.logsumexp(logits_BxV, axis=-1)
+  return token_B, lp_B, ops.logprob_stats(logits_BxV, token_B)["logprobs"]
 
 
 # ---------------------------------------------------------------------------- the decode loop
 
 def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_len_B: jax.Array,
                   rng: jax.Array, stop_V: jax.Array | None = None, stop_seqs_NxM: jax.Array | None = None,
-                  *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                  greedy: bool = False, eos_id: int = -1, pad_id: int = 0) -> dict:
+                  row_ids_B: jax.Array | None = None, *, max_new_tokens: int, temperature: float = 1.0,
+                  top_p: float = 1.0, top_k: int = 0, greedy: bool = False, eos_id: int = -1,
+                  pad_id: int = 0) -> dict:
   """Samples up to `max_new_tokens` tokens after each left-padded prompt (jitted).
 
   One compile per (graphdef, batch, prompt length, max_new_tokens, which stop arrays are
@@ -155,7 +160,9 @@ def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_
 
   `stop_V` (optional bool `[V]`): tokens that end a row like EOS. `stop_seqs_NxM`
   (optional int32): token sequences that end a row when its latest generated tokens equal
-  one, right-aligned, left-filled with -1 (`stop_sequences`). Returns a dict of
+  one, right-aligned, left-filled with -1 (`stop_sequences`). Row b draws its random numbers
+  from `fold_in(rng, row_ids_B[b])` (default: b), so a row's sample does not depend on the
+  other rows of its batch nor on the batch size (or on which process samples it). Returns a dict of
   `tokens` `[B, T]` int32 (`pad_id` after a row's end), `logprobs` `[B, T]` (sampling
   distribution), `model_logprobs` `[B, T]` (the model's, temperature 1), both 0 after a
   row's end, `lengths` `[B]` (tokens generated, the EOS or stop token included) and
@@ -163,12 +170,14 @@ def sample_tokens(params, graphdef: nnx.GraphDef, prompt_BxP: jax.Array, prompt_
   """
   settings = dict(temperature=jnp.float32(temperature), top_p=jnp.float32(top_p), top_k=jnp.int32(top_k),
                   greedy=jnp.bool_(greedy), eos_id=jnp.int32(eos_id), pad_id=jnp.int32(pad_id))
-  return _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop_seqs_NxM, settings,
-                        max_new_tokens=max_new_tokens)
+  if row_ids_B is None:
+    row_ids_B = jnp.arange(prompt_BxP.shape[0], dtype=jnp.int32)
+  return _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop_seqs_NxM, row_ids_B,
+                        settings, max_new_tokens=max_new_tokens)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop_seqs_NxM, settings, *,
+def _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop_seqs_NxM, row_ids_B, settings, *,
                    max_new_tokens):
   model = nnx.merge(graphdef, params)
   eos_id, pad_id = settings["eos_id"], settings["pad_id"]
@@ -179,7 +188,8 @@ def _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop
   h_BxPxD, cache = model.hidden(prompt_BxP, jnp.where(pos_BxP >= 0, pos_BxP, -1),
                                 model_lib.init_cache(model.cfg, b, p + t_max))
   choice = {k: settings[k] for k in ("temperature", "top_p", "top_k", "greedy")}
-  u_TxB = jax.random.uniform(rng, (t_max, b))          # every step's draws at once, outside the loop
+  # every step's draws at once, outside the loop; each row from its own key
+  u_TxB = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i), (t_max,)))(row_ids_B).T
 
   def record(state, logits_BxV):
     t = state["t"]
@@ -309,17 +319,17 @@ def _cut(tokenizer, ids: list[int], stop, finished: bool, eos_id: int) -> tuple[
 def generate(model_or_params, tokenizer, prompts: Sequence[str], *, rng, max_new_tokens: int = 20,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
              stop: Sequence[str | re.Pattern] = ("\n",), batch_size: int = 32,
-             min_prompt_len: int = 0) -> list[Generation]:
+             min_prompt_len: int = 0, row_offset: int = 0) -> list[Generation]:
   """Continuations of `prompts` (one each, in order). `model_or_params`: a Llama or `(graphdef, params)`.
 
   `min_prompt_len`: pad every batch's prompts to at least this length, so that a caller that
   samples again and again (PPO) compiles once instead of once per length bucket.
 
-  `rng`: a jax key or an int seed; batch i uses `fold_in(rng, i)`, so a fixed key and
-  batch size reproduce the output. Prompts are padded to length buckets and the last
-  batch to `batch_size`, so a run compiles once per bucket.
+  `rng`: a jax key or an int seed; prompt i draws from `fold_in(rng, row_offset + i)`, so a fixed
+  key reproduces each prompt's continuation whatever the batching (a process sampling prompts
+  k.. of a larger batch passes `row_offset=k`). Prompts are padded to length buckets and the
+  last batch to `batch_size`, so a run compiles once per bucket.
   """
-  from evaluation.scoring import bucket_len
   graphdef, params = (nnx.split(model_or_params) if isinstance(model_or_params, nnx.Module)
                       else model_or_params)
   cfg = nnx.merge(graphdef, params).cfg
@@ -346,16 +356,16 @@ def generate(model_or_params, tokenizer, prompts: Sequence[str], *, rng, max_new
                   top_k=int(top_k), greedy=bool(greedy), eos_id=eos_id, pad_id=int(pad_id))
   order = np.argsort([len(r) for r in ids], kind="stable")
   out: list[Generation | None] = [None] * len(prompts)
-  for n, start in enumerate(range(0, len(order), batch_size)):
+  for start in range(0, len(order), batch_size):
     rows = order[start:start + batch_size]
     p = max(bucket_len(max(len(ids[r]) for r in rows), 16), min_prompt_len)
     prompt_BxP = np.full((batch_size, p), pad_id, np.int32)
     prompt_len_B = np.ones(batch_size, np.int32)
+    row_ids_B = np.full(batch_size, -1, np.int32)            # padding rows: a key of their own, never read
     for b, r in enumerate(rows):
-      prompt_BxP[b, p - len(ids[r]):], prompt_len_B[b] = ids[r], len(ids[r])
+      prompt_BxP[b, p - len(ids[r]):], prompt_len_B[b], row_ids_B[b] = ids[r], len(ids[r]), row_offset + r
     res = jax.device_get(sample_tokens(params, graphdef, jnp.asarray(prompt_BxP), jnp.asarray(prompt_len_B),
-                                       jax.random.fold_in(rng, n), stop_V, stop_seqs,
-                                       **settings))
+                                       rng, stop_V, stop_seqs, jnp.asarray(row_ids_B), **settings))
     for b, r in enumerate(rows):
       length = int(res["lengths"][b])
       tok = res["tokens"][b, :length].tolist()
@@ -375,8 +385,6 @@ def parse_stop(config: Any) -> tuple:
 
 def run(config: Any, workdir: str) -> None:
   """`sample` mode: print continuations of `config.prompt` and write them to DIR/samples.jsonl."""
-  import pathlib
-  from llamalogue import hf, paths
   model, tokenizer = hf.load(config.init_from, config.dtype)
   if tokenizer is None:
     raise ConfigError(f"config.init_from: {config.init_from} has no tokenizer beside it (tokenizer.json)")

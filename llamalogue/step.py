@@ -1,6 +1,8 @@
-"""The optimizer and the sharded, jitted train step, shared by pre-training and DPO.
+"""The optimizer, the one state builder, the one guarded update, and the sharded, jitted train step.
 
-A train state is a plain pytree `{'params', 'opt_state', 'step'}`; params are the pure
+Every mode builds its train state with `state_layout` and guards its update with `if_finite`;
+pre-training and DPO share `train_step`, PPO's update (rl/ppo.py) is its own pure function.
+A train state is a plain pytree `{'params', 'opt_state', 'step', ...}`; params are the pure
 dict of the NNX model's parameters (`nnx.merge(graphdef, params)` rebuilds the module).
 The step is a pure function `(state, batch) -> (state, metrics)` compiled by `jax.jit`
 with `in_shardings`/`out_shardings` and the state donated.
@@ -12,6 +14,7 @@ micro-batching. `aux_sums` (a dict of scalar sums, e.g. DPO's reward accuracies)
 reported per counted item in the step's metrics.
 """
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -20,7 +23,9 @@ import optax
 from flax import nnx
 
 from llamalogue import model as model_lib
+from llamalogue import distributed
 from llamalogue import sharding as sharding_lib
+from llamalogue.errors import ConfigError
 
 LossFn = Callable[[Any, dict], tuple]
 
@@ -44,7 +49,7 @@ def init_params(model_cfg, seed) -> tuple[nnx.GraphDef, dict]:
   """(graphdef, float32 params as a pure dict) of a freshly initialised Llama.
 
   `seed` is an int or a PRNG key (`jax.random.key(seed)` gives the same parameters).
-  Under jit pass a key as an argument (see `jit_init_state`).
+  Under jit pass a key as an argument (see `pretrain_layout`).
   """
   return split_model(model_lib.Llama(model_cfg, rngs=nnx.Rngs(params=seed)))
 
@@ -67,7 +72,6 @@ def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformat
   elif kind == "constant":
     schedule = optax.constant_schedule(lr)
   else:
-    from llamalogue.errors import ConfigError
     raise ConfigError(f"config.optimizer.schedule: unknown schedule {kind!r} (cosine, linear, constant)")
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
   return optax.chain(
@@ -77,30 +81,55 @@ def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformat
   ), schedule
 
 
-def _global_norm(tree) -> jax.Array:
+def global_norm(tree) -> jax.Array:
+  """sqrt of the sum of squares of every leaf, in float32."""
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+def init_state(params: dict, tx: optax.GradientTransformation, **extra) -> dict:
+  """A fresh train state `{'params', 'opt_state', 'step', **extra}` (PPO adds its KL coefficient)."""
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), **extra}
 
 
-def jit_init_state(model_cfg, tx: optax.GradientTransformation, state_shardings=None):
-  """`init(rng_key) -> train state` under jax.jit, laid out by `state_shardings` (None: XLA's choice).
+@dataclasses.dataclass
+class StateLayout:
+  """Where a train state lives: `target` (ShapeDtypeStructs with shardings: what a checkpoint restores
+  onto), `shardings`, and `init()`, which computes the fresh state on the devices (`jitted(*args)`)."""
+  target: Any
+  shardings: Any
+  jitted: Callable[..., Any]
+  args: tuple
 
-  The key is an argument: a seed closed over as a Python int makes every random
-  parameter one constant expression, which XLA:GPU folds on the host at compile time.
+  def init(self) -> Any:
+    return self.jitted(*self.args)
+
+
+def state_layout(make_state: Callable[..., dict], mesh, *args) -> StateLayout:
+  """The one state builder of every mode: `make_state(*args) -> state` is pure, and `args` (PRNG keys,
+  the loaded parameters of a model to fine-tune) are passed to it as arguments under jit.
+
+  Shapes come from `jax.eval_shape` (nothing allocated), shardings from the rule table
+  (llamalogue/sharding.py). A key or parameters closed over instead would become constants that
+  XLA folds at compile time (a seed: all the random numbers; parameters: the whole model).
   """
-  return jax.jit(lambda rng_key: init_state(init_params(model_cfg, rng_key)[1], tx), out_shardings=state_shardings)
+  abstract = jax.eval_shape(make_state, *args)
+  shardings = sharding_lib.tree_shardings(abstract, mesh)
+  if jax.process_count() > 1:  # arrays on this process's devices go in as host data, replicated to the global mesh
+    args = tuple(distributed.host_array(a) for a in args)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return StateLayout(target, shardings, jax.jit(make_state, out_shardings=shardings), args)
 
 
-def init_train_state(model_cfg, tx: optax.GradientTransformation, rng_key: jax.Array, state_shardings=None) -> dict:
-  """A fresh train state computed on the devices: `init_train_state(cfg, tx, jax.random.key(seed), shardings)`.
+def pretrain_layout(model_cfg, tx, mesh, rng_key: jax.Array) -> StateLayout:
+  """A freshly initialised Llama's train state: parameters equal `init_params(model_cfg, seed)` (to float32
+  rounding: XLA may fuse the normal transform differently) for `rng_key = jax.random.key(seed)`."""
+  return state_layout(lambda key: init_state(init_params(model_cfg, key)[1], tx), mesh, rng_key)
 
-  Parameters equal `init_params(model_cfg, seed)` (to float32 rounding: XLA may fuse the
-  normal transform differently), so a run started this way trains like one started eagerly.
-  """
-  return jit_init_state(model_cfg, tx, state_shardings)(rng_key)
+
+def if_finite(finite: jax.Array, update: Callable[[Any], Any], state: Any) -> Any:
+  """The one guarded update: `update(state)` when `finite`, else `state` unchanged (lax.cond), so a step
+  with a non-finite loss or gradient never reaches a checkpoint; the loop stops on its `finite=0`."""
+  return jax.lax.cond(finite, update, lambda s: s, state)
 
 
 def _mean_grads(loss_fn: LossFn, params, batch_AxB):
@@ -140,15 +169,15 @@ def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, b
   """
   grads, l_sum, n_sum, aux = _mean_grads(loss_fn, state["params"], batch_AxB)
   loss = l_sum / jnp.maximum(n_sum, 1.0)
-  grad_norm = _global_norm(grads)
+  grad_norm = global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def update(state):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
-            "step": state["step"] + 1}
+    return dict(state, params=optax.apply_updates(state["params"], updates), opt_state=opt_state,
+                step=state["step"] + 1)
 
-  new_state = jax.lax.cond(finite, update, lambda state: state, state)
+  new_state = if_finite(finite, update, state)
   metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": n_sum, "finite": finite,
              **{k: v / jnp.maximum(n_sum, 1.0) for k, v in aux.items()}}
   return new_state, metrics
@@ -169,17 +198,6 @@ def jit_eval_loss(loss_fn: LossFn, mesh, params_shardings):
                  out_shardings=sharding_lib.replicated(mesh))
 
 
-def abstract_state(params_fn: Callable[[], dict], tx) -> dict:
-  """Shapes and dtypes of a train state without computing it."""
-  return jax.eval_shape(lambda: init_state(params_fn(), tx))
-
-
-def abstract_train_state(model_cfg, tx) -> dict:
-  """Shapes and dtypes of `init_train_state`'s result (for shardings and checkpoint restore targets)."""
-  return jax.eval_shape(jit_init_state(model_cfg, tx), jax.random.key(0))
-
-
 def lm_loss(graphdef: nnx.GraphDef) -> LossFn:
   """The next-token loss of model.py bound to a graphdef."""
-  from llamalogue.model import next_token_loss
-  return lambda params, batch: next_token_loss(params, graphdef, batch)
+  return lambda params, batch: model_lib.next_token_loss(params, graphdef, batch)

@@ -38,7 +38,7 @@ def plot_dpo(rows: list[dict], out_png: str | pathlib.Path, references: dict | N
              steps_per_epoch: int = 0) -> pathlib.Path:
   """Loss and reward accuracy of our DPO run against the study's logged curves, by epoch
   (`steps_per_epoch` > 0; else by fraction of training)."""
-  import matplotlib
+  import matplotlib  # matplotlib: only when a figure is drawn
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   references = DPO_REFERENCE if references is None else references
@@ -88,7 +88,7 @@ def _ppo_reference(spec: str) -> list[float]:
 
 def plot_ppo(runs: dict[str, list[dict]], out_png: str | pathlib.Path) -> pathlib.Path:
   """Mean reward per step of our PPO run(s), each beside the study's logged reward for the same reward."""
-  import matplotlib
+  import matplotlib  # matplotlib: only when a figure is drawn
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)

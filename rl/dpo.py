@@ -1,14 +1,35 @@
-"""Direct Preference Optimization (Rafailov et al. 2023): the pure loss.
+"""Direct Preference Optimization (Rafailov et al. 2023): the pure loss, the step and the `dpo` mode.
+
+  python main.py --config=configs/dpo_natural.py --config.init_from=RUN --workdir=DIR
 
 `dpo_loss` is a pure function of summed (or, for IPO, length-averaged) log-probabilities
 of the chosen and rejected replies under the policy and the frozen reference model. It
 follows trl 0.19.1's `DPOTrainer.dpo_loss` (the version the study used): the same loss
 types, conservative DPO through `label_smoothing` inside the sigmoid loss, and the same
-metric names.
+metric names. The reference log-probabilities are computed once and cached; the policy's
+come from the model's one log-prob path (`Llama.logprobs`); the step is llamalogue/step.py's
+sharded train step; the loop, checkpoints and evaluation are rl/finetune.py's.
 """
+
+import hashlib
+import io
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llamalogue import checkpoint as ckpt_lib
+from llamalogue import distributed
+from llamalogue import loop, progress
+from llamalogue import sharding as sharding_lib
+from llamalogue import step as step_lib
+from llamalogue.errors import ConfigError, DataError
+from llamalogue.paths import atomic_write
+from rl import curves, finetune
+from rl import pairs as pairs_lib
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -23,7 +44,7 @@ def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array, ref_chose
   `hinge`: max(0, 1 - β·h). Rewards are β·(π - ref) for each reply.
   """
   if loss_type not in LOSS_TYPES:
-    raise ValueError(f"loss_type {loss_type!r} is not one of {LOSS_TYPES}")
+    raise ConfigError(f"config.dpo.loss_type: {loss_type!r} is not one of {LOSS_TYPES}")
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   pc, pr, rc, rr = f32(policy_chosen_B), f32(policy_rejected_B), f32(ref_chosen_B), f32(ref_rejected_B)
   h_B = (pc - pr) - (rc - rr)
@@ -51,10 +72,7 @@ def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array, ref_chose
 
 def sequence_logps(params, graphdef, inputs_NxL, targets_NxL, mask_NxL, average: bool = False) -> jax.Array:
   """Summed (or, `average`, mean) log-probability of the masked targets of each row `[N]`."""
-  from flax import nnx
-  from llamalogue import model as model_lib
-  model = nnx.merge(graphdef, params)
-  logp_NxL = model_lib.token_logprobs(model(inputs_NxL), targets_NxL)
+  logp_NxL = nnx.merge(graphdef, params).logprobs(inputs_NxL, targets_NxL)["logprobs"]
   mask_NxL = mask_NxL.astype(jnp.float32)
   total_N = jnp.sum(logp_NxL * mask_NxL, axis=-1)
   return total_N / jnp.maximum(jnp.sum(mask_NxL, axis=-1), 1.0) if average else total_N
@@ -103,32 +121,25 @@ class PairBatches:
   """
 
   def __init__(self, arrays: dict, batch_size: int, accum: int, seed: int, mesh=None):
-    import numpy as np
     self.arrays, self.batch_size, self.accum, self.seed = arrays, batch_size, accum, seed
     self.n = len(next(iter(arrays.values())))
     self.steps_per_epoch = -(-self.n // batch_size)
     self.epoch, self.pos = 0, 0
-    self._np = np
-    self.sharding = None
-    if mesh is not None:
-      from llamalogue import sharding as sharding_lib
-      self.sharding = sharding_lib.batch_sharding(mesh, leading_dims=1)
+    self.sharding = None if mesh is None else sharding_lib.batch_sharding(mesh, leading_dims=1)
 
   def state(self) -> dict:
     return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "n": self.n}
 
   def restore(self, state: dict) -> None:
     if state.get("n", self.n) != self.n:
-      from llamalogue.errors import DataError
       raise DataError(f"the checkpoint was trained on {state['n']} pairs, the config now gives {self.n}; "
                       "use another workdir for other data")
     self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
   def _order(self):
-    return self._np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+    return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
 
   def next(self):
-    np = self._np
     idx = self._order()[self.pos:self.pos + self.batch_size]
     self.pos += self.batch_size
     if self.pos >= self.n:
@@ -145,12 +156,10 @@ class PairBatches:
     return batch, {"tokens": tokens}
 
 
-# ----------------------------------------------------------------------------- the `dpo` mode
+# ----------------------------------------------------------------------------- the reference
 
 def _fingerprint(*trees_and_arrays) -> str:
   """A digest of arrays (params, token rows): the reference cache is valid only for the same model and data."""
-  import hashlib
-  import numpy as np
   h = hashlib.sha256()
   for tree in trees_and_arrays:
     for leaf in jax.tree.leaves(tree):
@@ -164,13 +173,9 @@ def reference_logps(ref_params, graphdef, arrays: dict, *, average: bool, batch_
   """(chosen [N], rejected [N]) under the frozen reference, computed once and cached in `cache_path` (.npz).
 
   The cache is keyed by a digest of the reference parameters and the token rows; another
-  model or other data recompute it.
+  model or other data recompute it. With several processes each computes its share of the
+  batches on its own devices, the shares are gathered, and process 0 writes the cache.
   """
-  import io
-  import pathlib
-  import numpy as np
-  from tqdm.auto import tqdm
-  from llamalogue.paths import atomic_write
   cache_path = pathlib.Path(cache_path)
   if cache_path.exists():
     try:
@@ -181,31 +186,36 @@ def reference_logps(ref_params, graphdef, arrays: dict, *, average: bool, batch_
       pass
   fn = jit_reference_logps(graphdef, average)
   n = len(arrays["chosen_inputs"])
-  chosen, rejected = np.zeros(n, np.float32), np.zeros(n, np.float32)
-  for start in tqdm(range(0, n, batch_size), desc="reference log-probs", unit="batch", dynamic_ncols=True):
-    idx = np.arange(start, start + batch_size) % n  # a fixed shape: the tail wraps around
-    c, r = fn(ref_params, {k: v[idx] for k, v in arrays.items()})
-    keep = min(batch_size, n - start)
-    chosen[start:start + keep], rejected[start:start + keep] = np.asarray(c)[:keep], np.asarray(r)[:keep]
-  buf = io.BytesIO()
-  np.savez(buf, key=np.array(key), chosen=chosen, rejected=rejected)
-  atomic_write(cache_path, buf.getvalue())
-  return chosen, rejected
+  both = np.zeros((2, n), np.float32)
+  starts = np.arange(0, n, batch_size)[distributed.my_rows(-(-n // batch_size))]
+  with progress.bar(len(starts), "reference log-probs", "batch") as bar:
+    for start in starts:
+      idx = np.arange(start, start + batch_size) % n  # a fixed shape: the tail wraps around
+      c, r = fn(ref_params, {k: v[idx] for k, v in arrays.items()})
+      keep = min(batch_size, n - start)
+      both[0, start:start + keep], both[1, start:start + keep] = np.asarray(c)[:keep], np.asarray(r)[:keep]
+      bar.update(1)
+  both = distributed.allgather(both).sum(axis=0)   # each row is non-zero on one process only: exact
+  if distributed.is_lead():
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), chosen=both[0], rejected=both[1])
+    atomic_write(cache_path, buf.getvalue())
+  distributed.barrier("dpo reference cache")
+  return both[0], both[1]
 
+
+# ----------------------------------------------------------------------------- the `dpo` mode
 
 def _pairs(config, workdir, tokenizer, init_from: str):
   """(pairs, description, held-out benchmark JSONL or '') from `config.pairs`."""
-  import pathlib
-  from rl import pairs as pairs_lib
   spec = config.pairs
   if spec == "heldout_a":  # build from our own held-out split of the base's prepared data
-    data_dir = config.get("pairs_data_dir") or ""
-    if not data_dir:
-      from evaluation.run import run_root
-      data_dir = str(run_root(pathlib.Path(init_from)) / "data")
-    settings = pairs_lib.settings_from_config(config.build)
-    built = pairs_lib.build_pairs(data_dir, settings, tokenizer=tokenizer)
-    written = pairs_lib.write_pairs(built, pathlib.Path(workdir) / "pairs")
+    data_dir = config.get("pairs_data_dir") or str(ckpt_lib.run_root(init_from) / "data")
+    built = pairs_lib.build_pairs(data_dir, pairs_lib.settings_from_config(config.build), tokenizer=tokenizer)
+    written = pairs_lib.pair_files(pathlib.Path(workdir) / "pairs")
+    if distributed.is_lead():
+      pairs_lib.write_pairs(built, pathlib.Path(workdir) / "pairs")
+    distributed.barrier("dpo held-out pairs")
     train = built["train"][config.pairs_offset:]
     if config.pairs_limit:
       train = train[:config.pairs_limit]
@@ -215,10 +225,6 @@ def _pairs(config, workdir, tokenizer, init_from: str):
 
 
 def _validate(config) -> None:
-  from llamalogue.errors import ConfigError
-  if not config.get("init_from"):
-    raise ConfigError("config.init_from: give the base model (our pre-training run or checkpoint, a HF directory "
-                      "or hf:<repo id>)")
   t = config.train
   if t.batch_size % t.accum_steps:
     raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}")
@@ -230,31 +236,12 @@ def _validate(config) -> None:
     raise ConfigError(f"config.dpo.label_smoothing={config.dpo.label_smoothing} must be in [0, 0.5)")
 
 
-def run(config, workdir: str) -> dict:
-  """The `dpo` mode: fine-tune `init_from` on preference pairs, then evaluate base and result."""
-  import dataclasses
-  import json
-  import pathlib
-  import numpy as np
-  from llamalogue import hf, loop, sharding as sharding_lib, step as step_lib
-  from llamalogue.errors import ConfigError
-  from llamalogue.paths import atomic_write
-  from llamalogue.train import compute_dtype
-  from rl import pairs as pairs_lib
-
-  _validate(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  model, tokenizer = hf.load(config.init_from, compute_dtype(config.model.dtype))
-  if tokenizer is None:
-    raise ConfigError(f"config.init_from: {config.init_from} has no tokenizer beside it")
-  graphdef, ref_params = step_lib.split_model(model)
-  model_cfg = model.cfg
-
-  pairs, source, heldout = _pairs(config, workdir, tokenizer, config.init_from)
+def _encoded_arrays(config, workdir: pathlib.Path, base: finetune.Base):
+  """(token arrays of both sides, padded to one length; the data description; the held-out benchmark)."""
+  pairs, source, heldout = _pairs(config, workdir, base.tokenizer, base.spec)
   if not pairs:
     raise ConfigError(f"config.pairs: no usable pairs in {source}")
-  encoded = pairs_lib.encode_pairs(pairs, tokenizer, style=config.tokenization, max_len=model_cfg.max_seq_len,
+  encoded = pairs_lib.encode_pairs(pairs, base.tokenizer, style=config.tokenization, max_len=base.cfg.max_seq_len,
                                    on_error=config.on_error)
   if not len(encoded.rows):
     raise ConfigError(f"config.pairs: every pair of {source} was skipped while encoding")
@@ -264,57 +251,53 @@ def run(config, workdir: str) -> dict:
   for side in ("chosen", "rejected"):
     s = getattr(encoded, side)
     arrays.update({f"{side}_inputs": pad(s.inputs), f"{side}_targets": pad(s.targets), f"{side}_mask": pad(s.loss_mask)})
-  data_info = {"source": source, "pairs": len(pairs), **{k: v for k, v in encoded.counts.items()},
-               "skipped_loading": dict(getattr(pairs, "skipped", {})), "skipped_encoding": dict(encoded.skipped)}
-  atomic_write(workdir / "pairs_info.json", json.dumps(data_info, indent=2))
+  info = {"source": source, "pairs": len(pairs), **encoded.counts,
+          "skipped_loading": dict(getattr(pairs, "skipped", {})), "skipped_encoding": dict(encoded.skipped)}
+  return arrays, info, heldout
+
+
+def run(config, workdir: str) -> dict:
+  """The `dpo` mode: fine-tune `init_from` on preference pairs, then evaluate base and result."""
+  _validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  base = finetune.load_base(config)
+  arrays, info, heldout = _encoded_arrays(config, workdir, base)
+  if distributed.is_lead():
+    atomic_write(workdir / "pairs_info.json", json.dumps(info, indent=2))
 
   d, t = config.dpo, config.train
   average = d.loss_type == "ipo"
-  key = _fingerprint(ref_params, arrays, np.array([average]))
-  ref_c, ref_r = reference_logps(ref_params, graphdef, arrays, average=average, batch_size=t.eval_batch_size,
-                                 cache_path=workdir / "reference_logps.npz", key=key)
-  arrays.update(ref_chosen=ref_c, ref_rejected=ref_r)
+  key = _fingerprint(base.params, arrays, np.array([average]))
+  arrays["ref_chosen"], arrays["ref_rejected"] = reference_logps(
+      base.params, base.graphdef, arrays, average=average, batch_size=t.eval_batch_size,
+      cache_path=workdir / "reference_logps.npz", key=key)
 
-  mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+  mesh = finetune.make_mesh(config)
   batches = PairBatches(arrays, t.batch_size, t.accum_steps, config.seed, mesh)
   total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
   tx, schedule = step_lib.make_optimizer(config.optimizer, total_steps)
-  abstract = step_lib.abstract_state(lambda: ref_params, tx)
-  shardings = sharding_lib.tree_shardings(abstract, mesh)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  loss_fn = make_loss_fn(graphdef, beta=d.beta, loss_type=d.loss_type, label_smoothing=d.label_smoothing)
-  train_step = step_lib.jit_train_step(loss_fn, tx, mesh, shardings)
-  atomic_write(workdir / "run_config.json", config.to_json_best_effort(indent=2))
+  layout = step_lib.state_layout(lambda p: step_lib.init_state(p, tx), mesh, base.params)
+  loss_fn = make_loss_fn(base.graphdef, beta=d.beta, loss_type=d.loss_type, label_smoothing=d.label_smoothing)
+  names = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected")
 
   def scalars(m, step):
-    out = {"train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
-           "train/learning_rate": float(schedule(step - 1))}
-    out.update({k: float(m[k]) for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                                         "rewards/margins", "logps/chosen", "logps/rejected")})
-    return out
+    return {"train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]), **{k: float(m[k]) for k in names}}
+
+  def finish(summary, state):
+    if distributed.is_lead():
+      plot_curves(workdir, batches.steps_per_epoch)
+    return {"pairs": info}
 
   task = loop.Task(
-      name="dpo", batches=batches, target=target, step=train_step, scalars=scalars,
-      init_state=lambda: sharding_lib.shard(step_lib.init_state(ref_params, tx), shardings),
-      meta={"seed": config.seed, "model": dataclasses.asdict(model_cfg), "init_from": config.init_from,
-            "pairs": source, "tokenization": config.tokenization, "reference_key": key})
-  tok_dir = hf.tokenizer_dir_for(config.init_from, tokenizer, workdir)
-  summary, _ = loop.run_loop(workdir, loop.Settings.from_config(t, total_steps), task, model_cfg=model_cfg,
-                             tokenizer_dir=tok_dir)
-  summary["pairs"] = data_info
-  if config.eval.tasks:
-    from evaluation.run import evaluate_against_base
-    summary["evaluation"] = evaluate_against_base(config.init_from, workdir, config.eval, heldout)
-  if jax.process_index() == 0:
-    atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
-    plot_curves(workdir, batches.steps_per_epoch)
-  return summary
+      name="dpo", batches=batches, layout=layout, step=step_lib.jit_train_step(loss_fn, tx, mesh, layout.shardings),
+      schedule=schedule, scalars=scalars,
+      meta={"pairs": info["source"], "tokenization": config.tokenization, "reference_key": key})
+  return finetune.run(config, workdir, base, task, total_steps, heldout=heldout, finish=finish)
 
 
 def plot_curves(workdir, steps_per_epoch: int = 0) -> None:
   """DIR/dpo_curves.png: loss and reward accuracy against step, beside the study's logged curves when present."""
-  import json
-  import pathlib
-  from rl import curves
   rows = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
   curves.plot_dpo(rows, pathlib.Path(workdir) / "dpo_curves.png", steps_per_epoch=steps_per_epoch)

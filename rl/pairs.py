@@ -30,13 +30,14 @@ from typing import Iterator
 import numpy as np
 
 from evaluation import scoring, tasks
-from llamalogue import paths
+from llamalogue import hf, paths
+from llamalogue.data.units import SPEAKER_TAG
 from llamalogue.errors import ConfigError, DataError
 
 ON_ERROR = ("raise", "skip")
 STYLES = ("benchmark", "trl")
 MATCHES, OVERLAPS = ("word", "token"), ("tokens", "words")   # distractor length match; what "overlap" counts
-TAG = re.compile(r"\*[A-Za-z0-9_'+-]+:(\s|$)")
+TAG = re.compile(SPEAKER_TAG.pattern + r"(\s|$)")   # a text that starts with its speaker's tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,7 @@ def _hf_rows(spec: str) -> Iterator[tuple[str, object]]:
   """Rows of a Hugging Face hub dataset `hf:<id>[:split]` (default split `train`)."""
   repo, _, split = spec[3:].partition(":")
   try:
-    import datasets
+    import datasets  # heavy, only for hf: pair datasets
     ds = datasets.load_dataset(repo, split=split or "train")
   except Exception as e:
     raise DataError(f"{spec}: cannot load the dataset from the Hugging Face hub ({type(e).__name__}); "
@@ -440,7 +441,6 @@ def build_pairs(data_dir: str | pathlib.Path, settings: BuildSettings = BuildSet
   s = settings.check()
   d = prepared_dir(str(data_dir), split)
   if tokenizer is None:
-    from llamalogue import hf
     tokenizer = hf.load_tokenizer(d)
   dialogues = read_dialogues(d / f"{split}_dialogues.jsonl")
   drops = collections.Counter()
@@ -472,9 +472,14 @@ def build_pairs(data_dir: str | pathlib.Path, settings: BuildSettings = BuildSet
   return out
 
 
+def pair_files(out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
+  """Where `write_pairs` writes each output: {train, eval_word, eval_token, stats: path}."""
+  return {key: pathlib.Path(out_dir) / name for key, name in {**OUTPUTS, "stats": STATS_FILE}.items()}
+
+
 def write_pairs(built: dict, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
   """DIR/pairs_train.jsonl, pairs_eval_word.jsonl, pairs_eval_token.jsonl ({prompt, chosen, rejected}) and stats."""
-  written = {key: pathlib.Path(out_dir) / name for key, name in {**OUTPUTS, "stats": STATS_FILE}.items()}
+  written = pair_files(out_dir)
   for key in OUTPUTS:
     paths.atomic_write(written[key], "".join(json.dumps(p.record(), ensure_ascii=False) + "\n" for p in built[key]))
   paths.atomic_write(written["stats"], json.dumps(built["stats"], indent=2, ensure_ascii=False) + "\n")

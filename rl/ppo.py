@@ -28,11 +28,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
 from llamalogue import model as model_lib
+from llamalogue import ops
 from llamalogue import sharding as sharding_lib
+from llamalogue import step as step_lib
 from llamalogue.errors import ConfigError
 
 KL_PENALTIES = ("kl", "abs", "mse", "full")
@@ -91,11 +94,6 @@ def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax
   return whitened if shift_mean else whitened + mean
 
 
-def entropy_from_logits(logits_BxTxV: jax.Array) -> jax.Array:
-  p = jax.nn.softmax(logits_BxTxV, axis=-1)
-  return jax.nn.logsumexp(logits_BxTxV, axis=-1) - jnp.sum(p * logits_BxTxV, axis=-1)
-
-
 # ---------------------------------------------------------------------------- value head and forward
 
 def init_value_head(hidden_size: int, rng: jax.Array) -> dict:
@@ -118,12 +116,13 @@ def value_head(vh_params: dict, hidden_BxTxD: jax.Array, dropout_rng: jax.Array 
   return model_lib.matmul_2d(h, w["kernel"])[..., 0] + w["bias"][0]
 
 
-def _hidden_and_logits(graphdef: nnx.GraphDef, llama_params: dict, tokens_BxL: jax.Array):
-  """The model's one forward: hidden states and float32 next-token logits at positions 0..L-2."""
+def _policy_forward(graphdef: nnx.GraphDef, llama_params: dict, tokens_BxL: jax.Array, entropy: bool = False):
+  """The model's one forward: hidden states at positions 0..L-2 and the log-probabilities of tokens 1..L-1
+  (`ops.token_logprobs`: chunked, never all float32 logits at once)."""
   model = nnx.merge(graphdef, llama_params)
   hidden_BxTxD = model.hidden(tokens_BxL)[:, :-1]
-  logits_BxTxV = model_lib.matmul_2d(hidden_BxTxD, model.head_kernel(), preferred_element_type=jnp.float32)
-  return hidden_BxTxD, logits_BxTxV
+  stats = ops.token_logprobs(hidden_BxTxD, model.head_kernel(), tokens_BxL[:, 1:], entropy=entropy)
+  return model, hidden_BxTxD, stats
 
 
 def _align(x_BxT: jax.Array) -> jax.Array:
@@ -137,10 +136,9 @@ def policy_outputs(graphdef: nnx.GraphDef, params: dict, tokens_BxL: jax.Array,
 
   `params = {'policy', 'value_head'}`. With `dropout_rng` the value head is in train mode.
   """
-  hidden, logits = _hidden_and_logits(graphdef, params["policy"], tokens_BxL)
-  logprobs = model_lib.token_logprobs(logits, tokens_BxL[:, 1:])
+  _, hidden, stats = _policy_forward(graphdef, params["policy"], tokens_BxL, entropy=True)
   values = value_head(params["value_head"], hidden, dropout_rng, dropout_rate)
-  return _align(logprobs), _align(values), _align(entropy_from_logits(logits))
+  return _align(stats["logprobs"]), _align(values), _align(stats["entropy"])
 
 
 # ---------------------------------------------------------------------------- rewards and advantages
@@ -148,7 +146,7 @@ def policy_outputs(graphdef: nnx.GraphDef, params: dict, tokens_BxL: jax.Array,
 def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str) -> jax.Array:
   """trl `_kl_penalty` from log-probabilities of the sampled tokens (`kl`, `abs`, `mse`).
 
-  `full` needs whole distributions: see `full_kl`.
+  `full` needs whole distributions: `score_rollout` computes it with `ops.kl_divergence`.
   """
   d = logprobs - ref_logprobs
   if kind == "kl":
@@ -157,14 +155,7 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str) -> jax.A
     return jnp.abs(d)
   if kind == "mse":
     return 0.5 * d * d
-  raise ConfigError(f"config.ppo.kl_penalty: {kind!r} has no per-token form; use full_kl for 'full'")
-
-
-def full_kl(logits_BxTxV: jax.Array, ref_logits_BxTxV: jax.Array) -> jax.Array:
-  """trl `full`: F.kl_div(ref_logp, logp, log_target=True).sum(-1) = KL(policy || reference) per position."""
-  logp = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-  ref_logp = jax.nn.log_softmax(ref_logits_BxTxV, axis=-1)
-  return jnp.sum(jnp.exp(logp) * (logp - ref_logp), axis=-1)
+  raise ConfigError(f"config.ppo.kl_penalty: {kind!r} has no per-token form; 'full' is computed from both heads")
 
 
 def compute_rewards(scores_B: jax.Array, kls_BxL: jax.Array, masks_BxL: jax.Array, kl_coef: jax.Array):
@@ -251,30 +242,35 @@ def kl_coef_update(kl_coef: jax.Array, current_kl: jax.Array, n_steps: int, cfg:
 
 # ---------------------------------------------------------------------------- state and jitted steps
 
-def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
-  """trl 0.8.6's default: torch Adam(lr) (betas 0.9/0.999, eps 1e-8, no weight decay), clipping only if set."""
-  adam = optax.adam(cfg.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
-  return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam) if cfg.max_grad_norm else adam
+def optimizer_settings(cfg: PPOConfig) -> ml_collections.ConfigDict:
+  """trl 0.8.6's optimizer as `step.make_optimizer` settings: torch Adam(lr) (betas 0.9/0.999, eps 1e-8, no
+  weight decay, a constant learning rate), gradient clipping only if `max_grad_norm` is set."""
+  return ml_collections.ConfigDict(dict(lr=cfg.learning_rate, schedule="constant", warmup_steps=0, b1=0.9,
+                                        b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=cfg.max_grad_norm or 0.0))
+
+
+def make_optimizer(cfg: PPOConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(tx, lr schedule) of `optimizer_settings` (llamalogue/step.py's one optimizer)."""
+  return step_lib.make_optimizer(optimizer_settings(cfg), 1)
 
 
 def init_state(policy_params: dict, value_head_params: dict, tx: optax.GradientTransformation,
                cfg: PPOConfig) -> dict:
-  """`{'params': {'policy', 'value_head'}, 'opt_state', 'step', 'kl_coef'}`."""
-  params = {"policy": policy_params, "value_head": value_head_params}
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-          "kl_coef": jnp.asarray(cfg.init_kl_coef, jnp.float32)}
+  """`{'params': {'policy', 'value_head'}, 'opt_state', 'step', 'kl_coef'}` (`step.init_state`)."""
+  return step_lib.init_state({"policy": policy_params, "value_head": value_head_params}, tx,
+                             kl_coef=jnp.asarray(cfg.init_kl_coef, jnp.float32))
 
 
 def score_rollout(graphdef: nnx.GraphDef, cfg: PPOConfig, params: dict, ref_params: dict,
                   tokens_BxL: jax.Array, masks_BxL: jax.Array) -> dict:
   """Old log-probs, reference log-probs, values (eval mode) and KL penalty, token-aligned, zero off the mask."""
-  hidden, logits = _hidden_and_logits(graphdef, params["policy"], tokens_BxL)
-  _, ref_logits = _hidden_and_logits(graphdef, ref_params, tokens_BxL)
-  targets = tokens_BxL[:, 1:]
-  logprobs = model_lib.token_logprobs(logits, targets)
-  ref_logprobs = model_lib.token_logprobs(ref_logits, targets)
-  kls = full_kl(logits, ref_logits) if cfg.kl_penalty == "full" else kl_penalty(logprobs, ref_logprobs,
-                                                                               cfg.kl_penalty)
+  model, hidden, stats = _policy_forward(graphdef, params["policy"], tokens_BxL)
+  ref_model, ref_hidden, ref_stats = _policy_forward(graphdef, ref_params, tokens_BxL)
+  logprobs, ref_logprobs = stats["logprobs"], ref_stats["logprobs"]
+  if cfg.kl_penalty == "full":  # trl: F.kl_div(ref_logp, logp, log_target=True).sum(-1) = KL(policy || reference)
+    kls = ops.kl_divergence(hidden, model.head_kernel(), ref_hidden, ref_model.head_kernel())
+  else:
+    kls = kl_penalty(logprobs, ref_logprobs, cfg.kl_penalty)
   values = value_head(params["value_head"], hidden)
   masks = masks_BxL.astype(jnp.float32)
   return {k: _align(v) * masks for k, v in
@@ -285,10 +281,6 @@ def minibatch_order(rng: jax.Array, batch_size: int, mini_batch_size: int, epoch
   """`[epochs · batch/mini, mini]` row indices: one permutation per epoch (trl's `np.random.permutation`)."""
   perms_ExB = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(jax.random.split(rng, epochs))
   return perms_ExB.reshape(-1, mini_batch_size)
-
-
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 def ppo_update(graphdef: nnx.GraphDef, cfg: PPOConfig, tx: optax.GradientTransformation, state: dict,
@@ -325,7 +317,7 @@ def ppo_update(graphdef: nnx.GraphDef, cfg: PPOConfig, tx: optax.GradientTransfo
     mb = jax.tree.map(lambda x: x[idx], data)
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, key)
     updates, opt_state = tx.update(grads, opt_state, params)
-    finite = jnp.isfinite(loss) & jnp.isfinite(_global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(step_lib.global_norm(grads))
     return (optax.apply_updates(params, updates), opt_state), (stats, finite)
 
   (params, opt_state), (stats_T, finite_T) = jax.lax.scan(
@@ -345,14 +337,12 @@ def ppo_update(graphdef: nnx.GraphDef, cfg: PPOConfig, tx: optax.GradientTransfo
       "env/reward_mean": jnp.mean(scores),
       "env/reward_std": jnp.std(scores, ddof=1),
       "tokens/responses_len_mean": jnp.mean(jnp.sum(masks, axis=1)),
-      "ppo/learning_rate": jnp.float32(cfg.learning_rate),
   })
   finite = jnp.all(finite_T)
   stats["finite"] = finite
   new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                "kl_coef": kl_coef_update(kl_coef, mean_kl, batch_size, cfg).astype(jnp.float32)}
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-  return new_state, stats
+  return step_lib.if_finite(finite, lambda _: new_state, state), stats
 
 
 def jit_score_rollout(graphdef: nnx.GraphDef, cfg: PPOConfig, mesh=None, params_shardings=None,

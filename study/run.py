@@ -29,6 +29,7 @@ from typing import Callable
 
 import ml_collections
 
+from llamalogue import distributed
 from llamalogue.errors import ConfigError, LlamalogueError
 
 PPO_REWARDS = ("bleu", "semsim", "llm_score", "confidence")
@@ -226,6 +227,8 @@ def is_done(stage_dir: pathlib.Path) -> bool:
 
 def write_record(stage_dir: pathlib.Path, rec: dict) -> None:
   from llamalogue.paths import atomic_write
+  if not distributed.is_lead():   # every process keeps the same books; process 0 writes them
+    return
   stage_dir.mkdir(parents=True, exist_ok=True)
   atomic_write(stage_dir / STAGE_FILE, json.dumps(rec, indent=1, default=str) + "\n")
 
@@ -287,6 +290,7 @@ def validate(config) -> None:
 
 def run_stage(stage: Stage, root: pathlib.Path, index: str) -> None:
   from llamalogue import modes
+  distributed.barrier(f"study stage {stage.name}")   # lock-step: every process reads the books process 0 wrote
   stage_dir = root / stage.name
   upstream = {n: (read_record(root / n) or {}).get("fingerprint", "") for n in stage.needs}
   missing = [n for n in stage.needs if not is_done(root / n)]
@@ -305,7 +309,7 @@ def run_stage(stage: Stage, root: pathlib.Path, index: str) -> None:
   if stage.kind == "run" and rec and rec.get("status") == "done":
     print(f"study {index} {stage.name}: done, skipped ({stage_dir})")
     return
-  if stage.kind == "eval":
+  if stage.kind == "eval" and distributed.is_lead():
     drop_stale_results(stage_dir / "eval", stage.models())
   rec = {"stage": stage.name, "mode": cfg.mode, "kind": stage.kind, "fingerprint": fp, "upstream": upstream,
          "config": cfg_json, "status": "running", "wall_s": (rec or {}).get("wall_s", 0.0),
@@ -341,10 +345,14 @@ def run(config, workdir: str) -> dict:
       run_stage(stages[name], root, f"[{i + 1}/{len(names)}]")
   except BaseException:
     try:  # what finished so far is still reported; the stage's own error is the one shown
-      report.write(root, config, list(stages))
+      if distributed.is_lead():
+        report.write(root, config, list(stages))
     except Exception as e:  # noqa: BLE001
       print(f"warning: study report not written: {e}")
     raise
-  out = report.write(root, config, list(stages))
-  print(f"study: report -> {out}")
+  distributed.barrier("study report")
+  if distributed.is_lead():
+    out = report.write(root, config, list(stages))
+    print(f"study: report -> {out}")
+  distributed.barrier("study report written")
   return json.loads((root / "results.json").read_text())

@@ -12,10 +12,11 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_main(config: str, workdir, *extra: str, wait: bool = True, timeout: float = 900):
-  """`python main.py --config=CONFIG --workdir=WORKDIR EXTRA...` on one CPU device: the finished process
-  (stdout/stderr captured), or with `wait=False` the running Popen."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1")
+def run_main(config: str, workdir, *extra: str, wait: bool = True, timeout: float = 900, devices: int = 1):
+  """`python main.py --config=CONFIG --workdir=WORKDIR EXTRA...` on `devices` CPU devices (one process): the
+  finished process (stdout/stderr captured), or with `wait=False` the running Popen."""
+  flags = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, PYTHONUNBUFFERED="1")
   cmd = [sys.executable, str(ROOT / "main.py"), f"--config={config}", f"--workdir={workdir}", *extra]
   if not wait:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -37,3 +38,15 @@ def kill_after_checkpoint(proc, workdir: pathlib.Path, min_step: int, timeout: f
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+
+
+def launch(config: str, workdir, *extra: str, processes: int = 2, devices_per_process: int = 2, wait: bool = True,
+           timeout: float = 900, heartbeat_s: int = 0):
+  """The same command as `processes` JAX processes (python -m llamalogue.launch): finished or running."""
+  cmd = [sys.executable, "-m", "llamalogue.launch", f"--processes={processes}",
+         f"--devices_per_process={devices_per_process}", *([f"--heartbeat_s={heartbeat_s}"] if heartbeat_s else []),
+         "--", f"--config={config}", f"--workdir={workdir}", *extra]
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

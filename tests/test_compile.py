@@ -120,9 +120,8 @@ def big():
   cfg = dataclasses.replace(M.PRESETS["llamalogue_135m"], dtype="bfloat16")
   tx, _ = step.make_optimizer(_opt(), 1000)
   mesh = sharding.make_mesh(-1, 1)
-  abstract = step.abstract_train_state(cfg, tx)
-  shardings = sharding.tree_shardings(abstract, mesh)
-  return cfg, tx, mesh, abstract, shardings
+  layout = step.pretrain_layout(cfg, tx, mesh, jax.random.key(0))
+  return cfg, tx, mesh, layout.target, layout.shardings
 
 
 def _key_struct():
@@ -158,11 +157,26 @@ def test_closed_over_weights_are_caught():
 
 
 def test_init_takes_its_key(big):
-  cfg, tx, _, abstract, shardings = big
-  traced = step.jit_init_state(cfg, tx, shardings).trace(_key_struct())
+  cfg, tx, mesh, abstract, shardings = big
+  traced = step.pretrain_layout(cfg, tx, mesh, jax.random.key(0)).jitted.trace(_key_struct())
   assert big_constants(traced) == []
   assert jax.tree.map(lambda a: (a.shape, a.dtype), traced.out_info) == \
       jax.tree.map(lambda a: (a.shape, a.dtype), abstract)
+
+
+def test_fine_tune_init_takes_the_loaded_params(big):
+  """DPO's and PPO's state builders (step.state_layout) take the base model's params as an argument."""
+  from rl import ppo
+  cfg, tx, mesh, abstract, _ = big
+  params = abstract["params"]
+  dpo = step.state_layout(lambda p: step.init_state(p, tx), mesh, params)
+  assert big_constants(dpo.jitted.trace(params)) == []
+  pcfg = ppo.PPOConfig()
+  ptx, _ = ppo.make_optimizer(pcfg)
+  make = lambda p, k: ppo.init_state(p, ppo.init_value_head(cfg.hidden_size, k), ptx, pcfg)
+  layout = step.state_layout(make, mesh, params, jax.random.key(1))
+  assert big_constants(layout.jitted.trace(params, _key_struct())) == []
+  assert set(layout.target) == {"params", "opt_state", "step", "kl_coef"}
 
 
 @pytest.mark.parametrize("kernels", ["cpu", "accelerator"])
@@ -172,8 +186,7 @@ def test_train_step_has_no_constants(big, batch, seq, kernels, monkeypatch):
   cfg, tx, mesh, abstract, shardings = big
   graphdef = M.abstract_model(cfg)[0]
   train = step.jit_train_step(step.lm_loss(graphdef), tx, mesh, shardings)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  assert big_constants(train.trace(state, _batch_struct(batch, seq, (1,)))) == []
+  assert big_constants(train.trace(abstract, _batch_struct(batch, seq, (1,)))) == []
 
 
 def test_eval_loss_has_no_constants(big):
@@ -193,7 +206,7 @@ def test_scorer_takes_its_data(tmp_path):
   assert scorer._bow_arg is not None
   toks = jax.ShapeDtypeStruct((8, 16), jnp.int32)
   assert big_constants(scorer._stats.trace(scorer.params, toks, scorer._bow_arg)) == []
-  if scorer.prefix_fn is not None:
+  if scorer.share_prefix:
     args = (jax.ShapeDtypeStruct((8, 48), jnp.int32), jax.ShapeDtypeStruct((8,), jnp.int32),
             jax.ShapeDtypeStruct((8, 2, 8), jnp.int32), jax.ShapeDtypeStruct((8,), jnp.int32))
     assert big_constants(scorer._group_stats.trace(scorer.params, *args, scorer._bow_arg)) == []
@@ -204,12 +217,12 @@ def test_init_train_state_equals_init_params():
   cfg = dataclasses.replace(M.PRESETS["tiny"], num_layers=1, vocab_size=96, hidden_size=64, intermediate_size=128)
   tx, _ = step.make_optimizer(_opt(), 10)
   mesh = sharding.make_mesh(-1, 1)
-  shardings = sharding.tree_shardings(step.abstract_train_state(cfg, tx), mesh)
-  state = step.init_train_state(cfg, tx, jax.random.key(5), shardings)
+  layout = step.pretrain_layout(cfg, tx, mesh, jax.random.key(5))
+  state = layout.init()
   _, eager = step.init_params(cfg, 5)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state["params"]), jax.tree.leaves(eager)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8, err_msg=jax.tree_util.keystr(path))
-  assert not np.allclose(step.init_train_state(cfg, tx, jax.random.key(6))["params"]["embed_tokens"],
+  assert not np.allclose(step.pretrain_layout(cfg, tx, mesh, jax.random.key(6)).init()["params"]["embed_tokens"],
                          state["params"]["embed_tokens"])
   assert int(state["step"]) == 0
-  assert jax.tree.all(jax.tree.map(lambda x, s: x.sharding == s, state, shardings))
+  assert jax.tree.all(jax.tree.map(lambda x, s: x.sharding == s, state, layout.shardings))

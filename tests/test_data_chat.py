@@ -157,3 +157,24 @@ def test_clean_real_transcripts_leave_no_chat_codes():
       else:
         assert text == "" and reason in (chat.UNINTELLIGIBLE, chat.NO_WORDS, chat.OTHER_LANGUAGE)
   assert n > 20_000 and kept / n > 0.85
+
+
+@pytest.mark.skipif(not (paths.data_root() / "childes").exists(), reason="no CHILDES data")
+def test_speaker_tag_matches_every_speaker_code_of_the_data():
+  """The one speaker-tag pattern (llamalogue/data/units.py) recognises every code the CHILDES transcripts use
+  (MOT, CHI, SI1, TO2, AD1, AT, ...), so a sampled reply is cut at a sibling's turn as at the mother's."""
+  import zipfile
+  from llamalogue.data.units import SPEAKER_TAG
+  codes = set()
+  main_tier = re.compile(rb"^\*([^:\t ]+):", re.M)
+  for z in sorted((paths.data_root() / "childes").rglob("*.zip")):
+    with zipfile.ZipFile(z) as f:
+      for name in f.namelist():
+        if name.endswith(".cha"):
+          codes.update(m.group(1).decode("utf-8", "replace") for m in main_tier.finditer(f.read(name)))
+  assert len(codes) > 300 and {"MOT", "CHI", "SI1", "TO2", "AD1"} <= codes
+  for code in sorted(codes):
+    text = f"my ball . *{code}: no mine ."
+    m = SPEAKER_TAG.search(text)
+    assert m is not None and m.group(0) == f"*{code}:", code
+  assert SPEAKER_TAG.search("a * b : c") is None and SPEAKER_TAG.search("*mot: hi") is None

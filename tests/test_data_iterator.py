@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from llamalogue.data.iterator import TokenIterator, eval_batches
+from llamalogue.data.iterator import TokenIterator
 from llamalogue.errors import DataError
 
 
@@ -115,11 +115,3 @@ def test_too_small_or_mismatched_arrays(tmp_path, arrays):
     TokenIterator(tp, short, 4, 16, seed=0)
 
 
-def test_eval_batches_cover_everything_in_order(arrays):
-  tp, wp, tokens_N, words_N = arrays
-  batches = list(eval_batches(tp, wp, batch_size=64, seq_len=16))
-  inputs = np.concatenate([b["inputs"] for b in batches])
-  assert inputs.shape == ((10_007 - 1) // 16, 16)
-  np.testing.assert_array_equal(inputs.reshape(-1), tokens_N[:inputs.size])
-  assert sum(b["words"] for b in batches) == int(words_N[:inputs.size].sum())
-  assert len(list(eval_batches(tp, wp, 64, 16, max_batches=2))) == 2

@@ -67,10 +67,15 @@ def test_tiny_dpo_run_outputs(uninterrupted):
   assert rows[-1]["train/loss"] < math.log(2), "DPO loss did not go below ln 2"
   assert rows[-1]["train/learning_rate"] < rows[0]["train/learning_rate"]          # linear decay to 0
   assert (wd / "reference_logps.npz").exists() and (wd / "dpo_curves.png").stat().st_size > 0
-  comparison = (wd / "eval" / "comparison.md").read_text()
-  assert "dialogue_word" in comparison or "Dialogue" in comparison
   cfg = json.loads((wd / "run_config.json").read_text())
   assert cfg["tokenization"] == "benchmark"
+  # the base and the result, scored on the same tasks and items (evaluation/run.py), and the comparison of both
+  results = [json.loads(p.read_text()) for p in sorted((wd / "eval").glob("*/results.json"))]
+  assert len(results) == 2 and {r["init_from"] for r in results} == {cfg["init_from"], str(wd.resolve())}
+  assert [list(r["tasks"]) for r in results] == [cfg["eval"]["tasks"].split(",")] * 2
+  assert [[t["items"] for t in r["tasks"].values()] for r in results][0] == \
+      [[t["items"] for t in r["tasks"].values()] for r in results][1]
+  assert wd.name in (wd / "eval" / "comparison.md").read_text()
 
 
 def test_rerun_reuses_cached_reference_and_finished_run(base, uninterrupted):

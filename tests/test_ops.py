@@ -15,8 +15,15 @@ from llamalogue import ops, step
 from llamalogue.errors import ConfigError
 
 
+def _reference_rope(x, cos, sin):
+  """HF's apply_rotary_pos_emb, written out: x·cos + rotate_half(x)·sin."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
 def _reference_attention(q, k, v, cos, sin):
-  return jax.nn.dot_product_attention(M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin), v, is_causal=True)
+  return jax.nn.dot_product_attention(_reference_rope(q, cos, sin), _reference_rope(k, cos, sin), v, is_causal=True)
 
 
 KERNELS = ["cpu", "accelerator"]
@@ -80,13 +87,22 @@ def test_rope_attention_bfloat16_matches_reference(heads, groups, kernels):
     assert float(jnp.linalg.norm(g16.astype(jnp.float32) - g32) / jnp.linalg.norm(g32)) < 0.02
 
 
+def _reference_logprobs(h, w, targets):
+  logits = jnp.einsum("bld,dv->blv", h.astype(jnp.float32), w.astype(jnp.float32))
+  return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
+
+
 def _reference_ce(h, w, targets, mask):
-  return jnp.sum(-M.token_logprobs(jnp.einsum("bld,dv->blv", h, w), targets) * mask)
+  return jnp.sum(-_reference_logprobs(h, w, targets) * mask)
+
+
+def _loss(h, w, targets, mask, **kw):
+  return -jnp.sum(ops.token_logprobs(h, w, targets, **kw)["logprobs"] * mask)
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("chunk_tokens", [1, 7, 24, 10_000])
-def test_linear_cross_entropy_matches_reference(chunk_tokens, kernels):
+def test_token_logprobs_loss_matches_reference(chunk_tokens, kernels):
   b, l, d, v = 3, 10, 8, 37
   ks = jax.random.split(jax.random.key(chunk_tokens), 4)
   h = jax.random.normal(ks[0], (b, l, d))
@@ -95,7 +111,7 @@ def test_linear_cross_entropy_matches_reference(chunk_tokens, kernels):
   mask = (jax.random.uniform(ks[3], (b, l)) > 0.3).astype(jnp.float32)
   with jax.default_matmul_precision("highest"):
     ref = jax.value_and_grad(_reference_ce, (0, 1))(h, w, targets, mask)
-    fused = lambda h, w: ops.linear_cross_entropy(h, w, targets, mask, chunk_tokens=chunk_tokens, kernels=kernels)
+    fused = lambda h, w: _loss(h, w, targets, mask, chunk_tokens=chunk_tokens, kernels=kernels)
     new = jax.value_and_grad(fused, (0, 1))(h, w)
     primal = jax.jit(fused)(h, w)                                    # the no-gradient path
   np.testing.assert_allclose(new[0], ref[0], rtol=1e-6)
@@ -107,7 +123,48 @@ def test_linear_cross_entropy_matches_reference(chunk_tokens, kernels):
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-def test_linear_cross_entropy_bfloat16_matches_reference(kernels):
+def test_token_logprobs_statistics_and_any_cotangent(kernels):
+  """Per-token values, entropy, logz and a masked log-probability equal the full-logit formulas; the
+  gradient for an arbitrary per-token cotangent (DPO, PPO) equals the reference's."""
+  b, l, d, v = 2, 9, 6, 23
+  ks = jax.random.split(jax.random.key(7), 5)
+  h, w = jax.random.normal(ks[0], (b, l, d)), jax.random.normal(ks[1], (d, v))
+  targets = jax.random.randint(ks[2], (b, l), 0, v)
+  mask_V = jax.random.uniform(ks[3], (v,)) > 0.5
+  g = jax.random.normal(ks[4], (b, l))
+  with jax.default_matmul_precision("highest"):
+    out = ops.token_logprobs(h, w, targets, entropy=True, mask_V=mask_V, chunk_tokens=6, kernels=kernels)
+    logits = jnp.einsum("bld,dv->blv", h, w)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    np.testing.assert_allclose(out["logprobs"], _reference_logprobs(h, w, targets), atol=2e-6)
+    np.testing.assert_allclose(out["logz"], jax.nn.logsumexp(logits, axis=-1), atol=2e-6)
+    np.testing.assert_allclose(out["entropy"], -jnp.sum(jnp.exp(logp) * logp, axis=-1), atol=2e-6)
+    np.testing.assert_allclose(out["masked_logprob"], jax.nn.logsumexp(jnp.where(mask_V, logp, -jnp.inf), -1),
+                               atol=2e-6)
+    f = lambda h, w: jnp.sum(g * ops.token_logprobs(h, w, targets, chunk_tokens=6, kernels=kernels)["logprobs"])
+    ref_g = jax.grad(lambda h, w: jnp.sum(g * _reference_logprobs(h, w, targets)), (0, 1))(h, w)
+    new_g = jax.grad(f, (0, 1))(h, w)
+  for a, c in zip(new_g, ref_g):
+    np.testing.assert_allclose(a, c, atol=5e-6)
+  # the statistics carry no gradient
+  stat_g = jax.grad(lambda h: jnp.sum(ops.token_logprobs(h, w, targets, entropy=True, kernels=kernels)["entropy"]))(h)
+  assert not np.any(np.asarray(stat_g))
+
+
+def test_kl_divergence_matches_full_logits():
+  ks = jax.random.split(jax.random.key(1), 4)
+  h, hr = jax.random.normal(ks[0], (2, 6, 5)), jax.random.normal(ks[1], (2, 6, 5))
+  w, wr = jax.random.normal(ks[2], (5, 11)), jax.random.normal(ks[3], (5, 11))
+  with jax.default_matmul_precision("highest"):
+    logp = jax.nn.log_softmax(jnp.einsum("bld,dv->blv", h, w), -1)
+    logq = jax.nn.log_softmax(jnp.einsum("bld,dv->blv", hr, wr), -1)
+    want = jnp.sum(jnp.exp(logp) * (logp - logq), -1)
+    got = ops.kl_divergence(h, w, hr, wr, chunk_tokens=4)
+  np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_token_logprobs_bfloat16_matches_reference(kernels):
   """bf16 hidden states and head: loss and gradients within bf16 rounding of the float32 reference."""
   b, l, d, v = 2, 16, 32, 300
   ks = jax.random.split(jax.random.key(3), 4)
@@ -118,8 +175,8 @@ def test_linear_cross_entropy_bfloat16_matches_reference(kernels):
   with jax.default_matmul_precision("highest"):
     ref_v, ref_g = jax.value_and_grad(_reference_ce, (0, 1))(h.astype(jnp.float32), w.astype(jnp.float32),
                                                               targets, mask)
-  loss, grads = jax.value_and_grad(
-      lambda h, w: ops.linear_cross_entropy(h, w, targets, mask, chunk_tokens=8, kernels=kernels), (0, 1))(h, w)
+  loss, grads = jax.value_and_grad(lambda h, w: _loss(h, w, targets, mask, chunk_tokens=8, kernels=kernels),
+                                   (0, 1))(h, w)
   assert loss.dtype == jnp.float32
   np.testing.assert_allclose(loss, ref_v, rtol=5e-3)
   for g16, g32 in zip(grads, ref_g):
@@ -128,11 +185,11 @@ def test_linear_cross_entropy_bfloat16_matches_reference(kernels):
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-def test_linear_cross_entropy_gradient_scales_with_cotangent(kernels):
+def test_token_logprobs_gradient_scales_with_cotangent(kernels):
   h, w = jax.random.normal(jax.random.key(0), (2, 4, 3)), jax.random.normal(jax.random.key(1), (3, 5))
   t, m = jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4))
-  g1 = jax.grad(lambda h: ops.linear_cross_entropy(h, w, t, m, kernels=kernels))(h)
-  g3 = jax.grad(lambda h: -3.0 * ops.linear_cross_entropy(h, w, t, m, kernels=kernels))(h)
+  g1 = jax.grad(lambda h: _loss(h, w, t, m, kernels=kernels))(h)
+  g3 = jax.grad(lambda h: -3.0 * _loss(h, w, t, m, kernels=kernels))(h)
   np.testing.assert_allclose(g3, -3.0 * g1, rtol=1e-6)
 
 
@@ -152,7 +209,8 @@ def test_model_loss_equals_logits_loss(tie, kernels, monkeypatch):
 
   def from_logits(p):
     logits = nnx.merge(graphdef, p)(batch["inputs"])
-    return jnp.sum(-M.token_logprobs(logits, batch["targets"]) * mask)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), batch["targets"][..., None], -1)[..., 0]
+    return jnp.sum(-logp * mask)
 
   with jax.default_matmul_precision("highest"):
     ref_v, ref_g = jax.value_and_grad(from_logits)(params)

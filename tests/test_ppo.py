@@ -19,6 +19,7 @@ from flax import nnx
 
 from llamalogue import hf
 from llamalogue import model as M
+from llamalogue import ops
 from llamalogue import sharding
 from rl import ppo
 
@@ -229,7 +230,9 @@ def test_losses_and_rewards_match_trl_on_random_arrays():
     rew, nsr = ppo.compute_rewards(jnp.asarray(scores), kls, jnp.asarray(masks), jnp.float32(0.3))
     v, adv, ret = ppo.compute_advantages(jnp.asarray(values), rew, jnp.asarray(masks), cfg.gamma, cfg.lam,
                                          whiten_rewards)
-    entropy = ppo.entropy_from_logits(jnp.asarray(logits))
+    eye = jnp.eye(logits.shape[-1])     # an identity head: h @ I = the logits
+    entropy = ops.token_logprobs(jnp.asarray(logits), eye, jnp.zeros(logits.shape[:2], jnp.int32),
+                                 entropy=True)["entropy"]
     loss, stats = ppo.ppo_loss(jnp.asarray(old_lp), v, jnp.asarray(lp), jnp.asarray(vpreds), entropy,
                                jnp.asarray(masks), adv, ret, cfg)
     for got, want in ((kls, r_kls), (rew, r_rew), (nsr, r_nsr), (adv, r_adv), (ret, r_ret)):
@@ -245,7 +248,9 @@ def test_full_kl_is_torch_kl_div():
   logits, ref_logits = rs.randn(2, 5, 13).astype(np.float32), rs.randn(2, 5, 13).astype(np.float32)
   ref = Trl086(ppo.PPOConfig(kl_penalty="full"), 0.2)
   want = ref._kl_penalty(F.log_softmax(_t(logits), -1), F.log_softmax(_t(ref_logits), -1)).numpy()
-  np.testing.assert_allclose(_np(ppo.full_kl(jnp.asarray(logits), jnp.asarray(ref_logits))), want, atol=1e-5)
+  eye = jnp.eye(13)                     # identity heads: the hidden states are the logits
+  got = ops.kl_divergence(jnp.asarray(logits), eye, jnp.asarray(ref_logits), eye)
+  np.testing.assert_allclose(_np(got), want, atol=1e-5)
   assert np.all(want > 0)
 
 
@@ -272,7 +277,7 @@ def test_bad_settings_name_the_config_key():
     ppo.PPOConfig(value_dropout=1.0).validate()
   cfg = ppo.PPOConfig(batch_size=4, mini_batch_size=2)
   _, graphdef, llama = _tiny_model(0)
-  tx = ppo.make_optimizer(cfg)
+  tx, _ = ppo.make_optimizer(cfg)
   state = ppo.init_state(llama, _value_head(), tx, cfg)
   rollout = {k: jnp.zeros((2, 5)) for k in ("masks", "logprobs", "ref_logprobs", "values", "kls")}
   rollout.update(tokens=jnp.zeros((2, 5), jnp.int32), scores=jnp.zeros(2))
@@ -410,7 +415,7 @@ def _update_case():
   _, _, ref_llama = _tiny_model(3)
   tokens, masks = _rollout_tokens(2, [2, 3, 1, 4, 2, 2, 3, 1], [4, 2, 5, 3, 1, 5, 4, 6], 8, TINY.vocab_size)
   scores = np.array([1.0, -0.5, 2.0, 0.3, 0.0, -1.5, 0.7, 1.2], np.float32)
-  tx = ppo.make_optimizer(cfg)
+  tx, _ = ppo.make_optimizer(cfg)
   state = ppo.init_state(llama, _value_head(), tx, cfg)
   rollout = dict(ppo.jit_score_rollout(graphdef, cfg)(state["params"], ref_llama, jnp.asarray(tokens),
                                                       jnp.asarray(masks)),
@@ -481,7 +486,7 @@ def test_update_on_8_devices_equals_1_device():
   rollout, one, one_stats = _update_case()
   _, graphdef, llama = _tiny_model(0)
   _, _, ref_llama = _tiny_model(3)
-  tx = ppo.make_optimizer(cfg)
+  tx, _ = ppo.make_optimizer(cfg)
   state = ppo.init_state(llama, _value_head(), tx, cfg)
   mesh = sharding.make_mesh(data=4, fsdp=2)
   shardings, ref_shardings = sharding.tree_shardings(state, mesh), sharding.tree_shardings(ref_llama, mesh)
@@ -511,7 +516,7 @@ def test_ppo_raises_reward_of_a_tiny_model():
                             intermediate_size=48, max_seq_len=16)
   _, graphdef, llama = _tiny_model(0, cfg_model)
   cfg = ppo.PPOConfig(batch_size=16, mini_batch_size=4, ppo_epochs=4, learning_rate=1e-2, init_kl_coef=0.02)
-  tx = ppo.make_optimizer(cfg)
+  tx, _ = ppo.make_optimizer(cfg)
   state = ppo.init_state(llama, _value_head(32), tx, cfg)
   ref_llama = jax.tree.map(jnp.copy, llama)
   target, prompt_len, reply_len = 5, 3, 6

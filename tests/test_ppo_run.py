@@ -88,16 +88,19 @@ def test_sigkill_and_rerun_is_bit_identical(setup, uninterrupted, tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "resuming from step" in rerun.stdout + rerun.stderr
   jax.tree.map(np.testing.assert_array_equal, _final_params(uninterrupted), _final_params(wd))
+  # host-side state (reward counters, Rollouts.counts) is checkpointed too: the summary covers both sessions
+  whole, resumed = (json.loads((d / "summary.json").read_text()) for d in (uninterrupted, wd))
+  for key in ("steps", "tokens_seen", "reward"):
+    assert resumed[key] == whole[key], key
 
 
 def test_teacher_cache_missing_a_prompt_is_one_line(setup, tmp_path):
-  prompts = tmp_path / "prompts.txt"
-  prompts.write_text((setup / "prompts.txt").read_text() + "a turn the cache does not hold ?\n")
+  prompts = tmp_path / "prompts.txt"    # 16 turns, one batch: the uncovered turn is in the first step
+  prompts.write_text("".join((setup / "prompts.txt").read_text().splitlines(keepends=True)[:15])
+                     + "a turn the cache does not hold ?\n")
   proc = _ppo(setup, tmp_path / "wd", f"--config.prompts={prompts}", "--config.eval.tasks=",
-              "--config.train.max_steps=2")
+              "--config.train.max_steps=1")
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-  if proc.returncode == 0:  # the turn may not be drawn in 2 steps of 16 from 17: then nothing to report
-    pytest.skip("the uncovered turn was not drawn")
   assert proc.returncode == 2 and len(errors) == 1 and "a turn the cache does not hold" in errors[0], proc.stderr[-2000:]
 
 
@@ -126,10 +129,10 @@ def _rollouts(setup, reward, curriculum=None, **overrides):
   graphdef, params = step.split_model(model)
   cfg = ppo_run.ppo_config(config.ppo)
   mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-  tx = ppo.make_optimizer(cfg)
+  tx, _ = ppo.make_optimizer(cfg)
   state = ppo.init_state(params, ppo.init_value_head(model.cfg.hidden_size, jax.random.key(0)), tx, cfg)
   shardings = sharding.tree_shardings(state, mesh)
-  r = ppo_run.Rollouts(config, graphdef, params, tok, reward, cfg, mesh, shardings, setup / "s.jsonl")
+  r = ppo_run.Rollouts(config, graphdef, params, tok, reward, cfg, tx, mesh, shardings, setup / "s.jsonl")
   return r, state
 
 
@@ -159,6 +162,8 @@ def test_child_reply_is_cut_at_the_next_speaker():
   from rl.ppo_run import child_reply, pack_rows
   assert child_reply(" it is a dog . *MOT: a dog ?") == "it is a dog ."
   assert child_reply(" *MOT: hello") == ""
+  assert child_reply(" my ball ! *SI1: no mine . *MOT: share") == "my ball !"     # a sibling's turn ends it too
+  assert child_reply(" look *AT: what") == "look"
   tokens, masks = pack_rows([[1, 2, 3], [4]], [[5, 6], []], pad_id=0, multiple=8)
   assert tokens.tolist() == [[1, 2, 3, 5, 6, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0]]
   assert masks.tolist() == [[0, 0, 0, 1, 1, 0, 0, 0], [0] * 8]
@@ -215,6 +220,18 @@ def test_curriculum_scale_maps_each_range_to_unit():
   assert [float(raw(s, ["m"], ["r"])[0][0]) for s in (0, 1)] == pytest.approx([4.0, -0.5])
 
 
+def test_prompts_from_a_model_that_is_not_our_run_is_one_line(setup, tmp_path):
+  """A Hugging Face directory has no held-out split B: the error says to pass prompts."""
+  from llamalogue import checkpoint as ckpt_lib, hf
+  model, _ = ckpt_lib.load_model(setup / "base")
+  hf.export(model, tmp_path / "hf", setup / "base" / "checkpoints" / "tokenizer")
+  proc = _run("configs/ppo_bleu.py:tiny", tmp_path / "wd", f"--config.init_from={tmp_path / 'hf'}",
+              f"--config.reward.replies={setup / 'replies.jsonl'}", "--config.eval.tasks=")
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+  assert errors[0].startswith("error: config.prompts: no held-out split B beside") and "--config.prompts=FILE" in errors[0]
+
+
 def _curriculum(setup, wd, *extra, wait=True):
   """A tiny curriculum run with the two rewards that need no teacher model: bleu for steps 0-1, semsim for 2-3."""
   return _run("configs/ppo_curriculum.py:tiny", wd, f"--config.init_from={setup / 'base'}",
@@ -236,5 +253,5 @@ def test_tiny_curriculum_run_switches_reward_across_a_kill(setup, tmp_path):
   summary = json.loads((wd / "summary.json").read_text())
   assert summary["mode"] == "ppo-curriculum" and summary["steps"] == 4 and summary["reward"]["name"] == "curriculum"
   assert summary["reward"]["curriculum"] == "bleu:2,semsim:2" and summary["reward"]["scale"] is True
-  assert {n: s["items"] for n, s in summary["reward"]["rewards"].items()} == {"bleu": 0, "semsim": 32}
+  assert {n: s["items"] for n, s in summary["reward"]["rewards"].items()} == {"bleu": 32, "semsim": 32}  # both sessions
   assert (wd / "ppo_reward.png").stat().st_size > 0

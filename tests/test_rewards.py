@@ -164,6 +164,26 @@ def test_confidence_scores_uncached_logps_and_generates_missing_turns(tmp_path, 
   assert r.stats() == {"items": 2, "empty": 0, "generated": 1, "scored_turns": 1}
 
 
+def test_confidence_state_resumes_exactly(tmp_path, tiny_teacher):
+  """The state a checkpoint keeps (counters and the teacher's log-probabilities it computed): a reward
+  restored from it after the first batch scores and counts the rest as the uninterrupted one does."""
+  path = tmp_path / "replies.jsonl"
+  rows = [{"prompt": teacher_lib.mother_turn(m), "replies": ["a ball", "yes please", "no"]} for m in MOTHERS[:3]]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  batches = [(MOTHERS[:2], ["a ball", "yes"]), (MOTHERS[1:3], ["no", "the doggie"]), (MOTHERS[:3], ["x", "", "y"])]
+  whole = rewards.make_reward("confidence", {"replies": str(path)}, teacher=tiny_teacher)
+  want = [whole(*b) for b in batches]
+  first = rewards.make_reward("confidence", {"replies": str(path)}, teacher=tiny_teacher)
+  got = [first(*batches[0])]
+  state = json.loads(json.dumps(first.state()))                       # through JSON, as a checkpoint's meta
+  resumed = rewards.make_reward("confidence", {"replies": str(path)}, teacher=tiny_teacher)
+  resumed.restore(state)
+  got += [resumed(*b) for b in batches[1:]]
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
+  assert resumed.stats() == whole.stats() and whole.stats()["scored_turns"] == 3
+
+
 def test_make_reward_errors(cache):
   from llamalogue.errors import ConfigError
   with pytest.raises(ConfigError, match="unknown reward 'rouge'"):

@@ -1,7 +1,6 @@
 """The scorer against the real thing: minicons (study) and the BabyLM 2025 phrase-mask rule."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -73,8 +72,8 @@ def test_parity_with_minicons_study(ours, minicons_lm):
   got = scoring.Scorer.from_model(*ours, convention="study").score(texts)
   assert minicons_lm.is_bow_tokenizer
   assert np.max(np.abs(got - want)) < 1e-3
-  acc_want = scoring.pair_correct(want[0::2], want[1::2])
-  acc_got = scoring.pair_correct(got[0::2], got[1::2])
+  acc_want = scoring.choice_correct(np.stack([want[0::2], want[1::2]], 1))
+  acc_got = scoring.choice_correct(np.stack([got[0::2], got[1::2]], 1))
   assert (acc_want == acc_got).all()
   assert 0 < acc_got.mean() < 1
 
@@ -166,7 +165,8 @@ def test_first_scored_index_with_and_without_bos():
 
 
 def test_pairs_need_a_strictly_higher_score():
-  assert scoring.pair_correct(np.array([1.0, 2.0, 1.0]), np.array([1.0, 1.0, 2.0])).tolist() == [False, True, False]
+  pairs = np.stack([np.array([1.0, 2.0, 1.0]), np.array([1.0, 1.0, 2.0])], 1)
+  assert scoring.choice_correct(pairs).tolist() == [False, True, False]
   s = np.array([[2.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 1.0, 0.5]])
   assert scoring.choice_correct(s).tolist() == [True, False, False]
   np.testing.assert_allclose(scoring.softmax_first(np.array([[0.0, 0.0]])), [0.5])
@@ -209,8 +209,7 @@ def test_shared_prefix_equals_full_forward(ours, convention, tie):
   shared = scoring.Scorer.from_model(model, tok, convention=convention, min_shared=4)
   got = shared.score_groups(groups)
   assert len(shared._cache) == sum(len(g) for g in groups)
-  plain = scoring.Scorer.from_model(model, tok, convention=convention)
-  plain.prefix_fn = None
+  plain = scoring.Scorer.from_model(model, tok, convention=convention, share_prefix=False)
   for g, scores in zip(groups, got):
     np.testing.assert_allclose(scores, plain.score([t for t, _ in g], [s for _, s in g]), atol=1e-4)
 

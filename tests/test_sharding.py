@@ -1,7 +1,6 @@
 """Sharded train step on 8 simulated CPU devices equals the 1-device step; accumulation is exact."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

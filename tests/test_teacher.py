@@ -4,7 +4,6 @@ The SmolLM2 GGUF is converted once into $LLAMALOGUE_CACHE (default ~/.cache/llam
 """
 
 import json
-import pathlib
 import shutil
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from llamalogue.errors import DataError
+from llamalogue import sampling
 from rl import teacher as teacher_lib
 
 PROMPTS = ["Mother says: what is that ?\nChild:", "hello", "The cat sat on the mat because it was"]
@@ -50,7 +50,10 @@ def test_gguf_teacher_equals_transformers_gguf_model(smollm2):
     ids = smollm2.tokenizer(text, return_tensors="pt")["input_ids"]
     with torch.no_grad():
       want = ref(ids).logits[0, -1].numpy()
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    # 30 float32 layers and logits up to ~17: the accumulation order (CPU model, thread count) moves the last
+    # bits by ~1e-5 of the logits' scale, so the tolerance is relative to that scale (a wrong layer is off by ~1).
+    scale = float(np.max(np.abs(want)))
+    assert float(np.max(np.abs(got - want))) <= 5e-5 * scale, (float(np.max(np.abs(got - want))), scale)
   assert smollm2.tokenizer.chat_template and "<|im_start|>assistant" in texts[-1]
 
 
@@ -133,7 +136,8 @@ def test_text_helpers():
   assert teacher_lib.first_utterance(" I want juice! And cookies.") == "I want juice!"
   assert teacher_lib.first_utterance(" yes mommy\nMother: ok") == "yes mommy"
   assert teacher_lib.first_utterance("") == ""
-  assert teacher_lib.cut_at_stop(" a ball Mother: no\n", ("\n", "Mother:")) == " a ball "
+  text = " a ball Mother: no\n"
+  assert text[:sampling.first_stop(text, ("\n", "Mother:"))] == " a ball "
 
 
 def test_read_prompts(tmp_path):
@@ -206,7 +210,7 @@ def test_synthetic_pairs_mode(tmp_path, tiny_dir, capsys):
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps([{"prompt": "*MOT: hi", "chosen": "*CHI: yo"}]))
   config.pairs = str(bad)
-  with pytest.raises(DataError, match=r"bad.json: row 0: expected a row with string fields prompt, chosen, rejected"):
+  with pytest.raises(DataError, match=r"bad.json: entry 1: missing field 'rejected'"):
     teacher_lib.run_synthetic_pairs(config, str(tmp_path / "run"))
 
 

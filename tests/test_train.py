@@ -76,13 +76,13 @@ def test_tiny_run_outputs(uninterrupted):
   summary = json.loads((wd / "summary.json").read_text())
   assert summary["steps"] == STEPS and summary["words_seen"] > 0
   assert np.isfinite(summary["final_eval_loss"])
-  marks = ckpt_lib.milestone_dirs(wd)
+  marks = ckpt_lib.find_milestones(str(wd))
   assert [w for w, _ in marks] == [1000, 2000], marks
   assert [w for w, _ in marks] == sorted(w for w, _ in marks)
   meta = ckpt_lib.read_meta(marks[0][1])
   assert meta["words"] >= marks[0][0] and {"step", "data", "rng"} <= set(meta)
   scalars = read_scalars(wd / "tb")
-  for tag in ("train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "train/words_seen",
+  for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "perf/tokens_per_s", "train/words_seen",
               "eval/loss", "eval/perplexity"):
     assert tag in scalars, tag
   losses = [v for _, v in scalars["train/loss"]]

@@ -16,6 +16,7 @@ import pathlib
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from llamalogue.data.chat import PUNCT
 
@@ -29,13 +30,11 @@ def train(texts: list[str], vocab_size: int):
   may have limited malloc to one arena (for XLA), and the trainer's threads would contend for
   it: 14 s instead of 4 s on the full corpus.
   """
-  from tokenizers import Tokenizer
   with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
     return Tokenizer.from_str(pool.submit(_train_to_json, texts, vocab_size).result())
 
 
 def _train_to_json(texts: list[str], vocab_size: int) -> str:
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -66,7 +65,6 @@ def save(tok, out_dir: pathlib.Path) -> None:
 
 
 def load(path: pathlib.Path):
-  from tokenizers import Tokenizer
   return Tokenizer.from_file(str(path))
 
 

@@ -15,7 +15,8 @@ from llamalogue.errors import DataError
 
 
 class TokenIterator:
-  """`next()` -> dict(inputs, targets: int32[B, L], loss_mask: float32[B, L], words: int)."""
+  """`next()` -> dict(inputs, targets: int32[B, L], loss_mask: float32[B, L], words: int): this shard's rows,
+  and the lexical words of the whole step (all shards' rows)."""
 
   def __init__(self, tokens_path, words_path, batch_size: int, seq_len: int, seed: int,
                shard_index: int = 0, shard_count: int = 1):
@@ -61,6 +62,9 @@ class TokenIterator:
     index_BxL1 = windows_B[:, None] * L + np.arange(L + 1)[None, :]
     tokens_BxL1 = np.asarray(self.tokens_N[index_BxL1], dtype=np.int32)
     words = int(self.words_N[index_BxL1[:, :L]].sum(dtype=np.int64))
+    if self.shard_count > 1:  # every shard counts the words of the whole step (milestones count global words)
+      all_W = self._order()[(self.step - 1) * self.global_batch:self.step * self.global_batch]
+      words = int(self.words_N[(all_W[:, None] * L + np.arange(L)[None, :])].sum(dtype=np.int64))
     return {
         "inputs": tokens_BxL1[:, :-1],
         "targets": tokens_BxL1[:, 1:],
@@ -86,26 +90,3 @@ class TokenIterator:
     self.epoch = int(state["epoch"])
     self.step = int(state["step"])
     self._order_W = None
-
-
-def eval_batches(tokens_path, words_path, batch_size: int, seq_len: int, max_batches: int = 0):
-  """Sequential, unshuffled batches over a whole (small) array, e.g. valid_*.
-
-  The last batch may have fewer rows. `max_batches` > 0 stops early.
-  """
-  tokens_N = np.load(tokens_path, mmap_mode="r")
-  words_N = np.load(words_path, mmap_mode="r")
-  windows = max(0, (tokens_N.shape[0] - 1) // seq_len)
-  L = seq_len
-  for b, start in enumerate(range(0, windows, batch_size)):
-    if max_batches and b >= max_batches:
-      return
-    windows_B = np.arange(start, min(start + batch_size, windows))
-    index_BxL1 = windows_B[:, None] * L + np.arange(L + 1)[None, :]
-    tokens_BxL1 = np.asarray(tokens_N[index_BxL1], dtype=np.int32)
-    yield {
-        "inputs": tokens_BxL1[:, :-1],
-        "targets": tokens_BxL1[:, 1:],
-        "loss_mask": np.ones((len(windows_B), L), np.float32),
-        "words": int(words_N[index_BxL1[:, :L]].sum(dtype=np.int64)),
-    }

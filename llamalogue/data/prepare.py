@@ -23,6 +23,11 @@ import sys
 import tempfile
 import time
 
+import jax
+import numpy as np
+from tokenizers import Tokenizer
+
+from llamalogue import distributed, paths
 from llamalogue.data import bpe
 from llamalogue.data import reader
 from llamalogue.data import sources
@@ -54,10 +59,19 @@ def run(config, workdir) -> None:
 
 
 def ensure_prepared(config, workdir) -> pathlib.Path:
-  """DIR/data, built now if missing or stale (inputs or config changed); or `config.data.prepared`."""
+  """DIR/data, built now if missing or stale (inputs or config changed); or `config.data.prepared`.
+  With several processes, process 0 builds it while the others wait, then every process checks it."""
   d = _data_config(config)
   if d.get("prepared"):
     return use_prepared(d["prepared"])
+  if jax.process_count() > 1:
+    if distributed.is_lead():
+      _ensure(d, workdir)
+    distributed.barrier("prepare data", timeout_s=24 * 3600)
+  return _ensure(d, workdir)
+
+
+def _ensure(d: dict, workdir) -> pathlib.Path:
   out = pathlib.Path(workdir).expanduser() / "data"
   items, bad = sources.list_items(d["childes"], strict=d["strict"])
   key = cache_key(d, items)
@@ -79,7 +93,6 @@ def use_prepared(path: str) -> pathlib.Path:
   Raises DataError naming the file when the DONE manifest, a listed output, the
   tokenizer or the token arrays are missing or unreadable.
   """
-  from llamalogue import paths
   out = paths.resolve(path, "config.data.prepared")
   if not (out / "DONE").exists() and (out / "data" / "DONE").exists():
     out = out / "data"
@@ -97,12 +110,10 @@ def use_prepared(path: str) -> pathlib.Path:
     if not (out / name).exists():
       raise DataError(f"config.data.prepared: {out / name} is missing (listed by {out / 'DONE'})")
   try:
-    from tokenizers import Tokenizer
     Tokenizer.from_file(str(out / "tokenizer.json"))
   except Exception as e:  # the tokenizers library raises plain Exceptions on a bad file
     raise DataError(f"config.data.prepared: {out / 'tokenizer.json'} is not a readable tokenizer: "
                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-  import numpy as np
   for split in ("train", "valid"):
     try:
       tokens = np.load(out / f"{split}_tokens.npy", mmap_mode="r")

@@ -10,6 +10,7 @@ directory's parent, a file's name), so splits do not move with the data.
 import dataclasses
 import os
 import pathlib
+import warnings
 import zipfile
 import zlib
 
@@ -101,8 +102,7 @@ def file_item(path: pathlib.Path, prefix: str) -> list[Item]:
 
 def url_items(url: str) -> list[Item]:
   """Transcripts that `pylangacq.read_chat` fetches from a URL (online only)."""
-  import warnings
-  import pylangacq
+  import pylangacq  # pylangacq: imported in the reader processes
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")

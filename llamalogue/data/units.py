@@ -12,11 +12,18 @@ unit is counted under the first reason that applies.
 import collections
 import dataclasses
 import hashlib
+import re
 from typing import NamedTuple
 
 from llamalogue.data.transcript import Transcript
 
 SPLITS = ("pretrain", "heldout_a", "heldout_b", "valid")
+
+# A speaker tag as our texts write it (`unit_text`): `*` + a CHAT speaker code + `:`. Codes are
+# capitals and digits: MOT, CHI, SI1 (a sibling), TO2, AD1, AT, ... (every code of the CHILDES data
+# matches: tests/test_data_chat.py). The one pattern that the sampler, PPO's reply parsing, the
+# teacher and the pair readers cut and recognise turns with.
+SPEAKER_TAG = re.compile(r"\*[A-Z][A-Z0-9]{1,6}:")
 
 # Utterance drop reasons decided here (cleaning reasons live in chat.py).
 SPEAKER_FILTER = "speaker_filter"        # speaker not in data.speakers
