@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llamalogue import checkpoint as ckpt_lib
+from llamalogue import faults
 from llamalogue.errors import LlamalogueError
 from llamalogue.metrics import MetricWriter
 from llamalogue.paths import atomic_write
@@ -173,6 +174,7 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, mod
       writer.write(step, last_eval)
     t_last = time.perf_counter()  # evaluation time is not training time
 
+  guard = faults.install(task.name, defer=True)  # faults: SIGTERM/SIGINT finish the step, then save and stop
   try:
     while step < total:
       batch, counts = task.batches.next()
@@ -222,9 +224,14 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, mod
         done_marks.update(reached)
         save(reached)
         t_last, tok_last, step_last = time.perf_counter(), 0, step  # checkpoint time is not training time
-    if task.evaluate is not None and not last_eval and step == total and settings.eval_every == 0:
+      if faults.should_stop(step):  # faults: every process agrees on this step; checkpoint it, then stop
+        check(_host(metrics), step)
+        save([])  # (a no-op when this step was just saved)
+        raise faults.Preempted.at_step(task.name, faults.stop_signal(), step, ckpts.root / "latest" / f"step_{step}")
+    if task.evaluate is not None and not last_eval and step == total:  # faults: also a run resumed at its end
       run_eval()
   finally:
+    faults.restore(guard)  # faults
     bar.close()
     if writer:
       writer.close()

@@ -27,13 +27,21 @@ MODES = {
 # except inside `study`, one process whose time is mostly its training stages.
 TRAINING_MODES = {"pretrain", "dpo", "ppo", "study"}
 
+# Modes that write their workdir hold its lock (llamalogue/faults.py) while they run; `export` replaces
+# its workdir as a whole and `sample` only prints.
+UNLOCKED_MODES = {"export", "sample"}
+
 
 def run_mode(config, workdir: str):
-  """Checks the common fields and the mode of `config`, then runs its mode in `workdir`."""
-  from llamalogue import config_check
+  """Checks the common fields and the mode of `config`, then runs its mode in `workdir`: holding the
+  workdir's lock (one run per workdir) and with SIGTERM/SIGINT stopping it cleanly (faults.Preempted)."""
+  import contextlib
+  from llamalogue import config_check, faults
   config_check.validate(config)
   mode = config.get("mode")
   if mode not in MODES:
     raise ConfigError(f"config.mode: unknown mode {mode!r}; choose one of {sorted(MODES)}")
   module_name, fn_name = MODES[mode].split(":")
-  return getattr(importlib.import_module(module_name), fn_name)(config, workdir)
+  lock = faults.workdir_lock(workdir, mode) if mode not in UNLOCKED_MODES else contextlib.nullcontext()
+  with faults.handling(mode), lock:
+    return getattr(importlib.import_module(module_name), fn_name)(config, workdir)

@@ -85,15 +85,16 @@ def run(config, workdir: str) -> dict:
     jax.distributed.initialize()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  init_params = None
+  if config.get("init_from"):  # continue pre-training a HF model or a checkpoint of ours (checked before any data work)
+    from llamalogue.hf import load
+    loaded, _ = load(config.init_from)
+    init_params = step_lib.split_model(loaded)[1]
   data_dir = pathlib.Path(ensure_prepared(config, str(workdir)))
   from llamalogue.hf import load_tokenizer
   tokenizer = load_tokenizer(data_dir)
-  init_params = None
-  if config.get("init_from"):  # continue pre-training a HF model or a checkpoint of ours
-    from llamalogue.hf import load
-    loaded, _ = load(config.init_from)
+  if init_params is not None:
     model_cfg = loaded.cfg
-    init_params = step_lib.split_model(loaded)[1]
   else:
     model_cfg = model_lib.config_from(config.model, vocab_size=len(tokenizer))
   model_cfg = dataclasses.replace(model_cfg, dtype=compute_dtype(config.model.dtype),

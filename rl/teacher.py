@@ -132,9 +132,22 @@ def _first_line(e: Exception) -> str:
 
 def _read_config(directory: pathlib.Path) -> dict:
   try:
-    return json.loads((directory / "config.json").read_text())
+    cfg = json.loads((directory / "config.json").read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{directory / 'config.json'}: invalid JSON ({e})") from e
+  if not isinstance(cfg, dict):
+    raise DataError(f"{directory / 'config.json'}: not a model config (a JSON {type(cfg).__name__}, not an object)")
+  return cfg
+
+
+def is_causal_lm(hf_cfg: dict) -> bool:
+  """Whether a config.json describes a model that generates text: a `*ForCausalLM` / `*LMHeadModel`
+  architecture, or (no architectures listed) a model_type transformers has a causal-LM class for."""
+  archs = [str(a) for a in hf_cfg.get("architectures") or []]
+  if archs:
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+  from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+  return hf_cfg.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -159,6 +172,9 @@ class Teacher:
     self.spec = spec
     self.path = resolve(spec, cache_dir)
     hf_cfg = _read_config(self.path)
+    if not is_causal_lm(hf_cfg):
+      raise DataError(f"{self.path}: {hf.describe_kind(hf_cfg)}: not a causal language model; a teacher or judge "
+                      "must generate text (a *ForCausalLM checkpoint: Llama, SmolLM2, OLMo-2, ...)")
     model_type = hf_cfg.get("model_type", "")
     self.is_jax = backend == "auto" and model_type in JAX_MODEL_TYPES
     if self.is_jax:
