@@ -11,6 +11,7 @@ Exit status:
        a checkpoint at the step it finished); rerunning the same command resumes
 """
 
+import errno
 import os
 import sys
 
@@ -47,6 +48,11 @@ def main(argv):
     modes.run_mode(config, workdir)
   except LlamalogueError as e:
     _fail(str(e))
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    _fail(f"{e.filename or workdir}: disk full ({e.strerror}); free some space and rerun the same command (it "
+          "resumes from the last checkpoint)")
   except faults.Preempted as e:  # SIGTERM / SIGINT (llamalogue/faults.py)
     print(str(e), file=sys.stderr)
     sys.exit(e.status)

@@ -43,8 +43,13 @@ MILESTONES, LATEST = "milestones", "latest"
 
 
 def _manager(directory: pathlib.Path, prefix: str, max_to_keep: int | None) -> ocp.CheckpointManager:
+  # Leftovers of a killed save are removed here, synchronously: orbax's own cleanup runs in a thread
+  # that a run stopping early (a full disk) would leave to fail noisily at interpreter exit.
+  if jax.process_index() == 0 and directory.is_dir():
+    for tmp in directory.glob(f"{prefix}_*.orbax-checkpoint-tmp*"):
+      shutil.rmtree(tmp, ignore_errors=True)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, step_prefix=prefix, create=True,
-                                         enable_async_checkpointing=False, cleanup_tmp_directories=True)
+                                         enable_async_checkpointing=False, cleanup_tmp_directories=False)
   return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
@@ -79,7 +84,7 @@ class RunCheckpoints:
     if not todo:
       return
     names = ", ".join(f"{prefix}_{n}" for _, prefix, n, _ in todo)
-    faults.check_free(self.root, sum(nbytes(s) for *_, s in todo) + (1 << 20) * len(todo),
+    faults.check_free(self.root, int(1.02 * sum(nbytes(s) for *_, s in todo)) + (256 << 10) * len(todo),
                       f"checkpoint {names}", self._resume_hint())
     for manager, prefix, n, item in todo:
       args = ocp.args.Composite(state=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta))

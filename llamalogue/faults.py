@@ -365,12 +365,19 @@ def attempt(fn: Callable[[], object]):
   hook = sys.unraisablehook
   sys.unraisablehook = lambda unraisable: None
   failure = None
+  before = set(threading.enumerate())
   try:
     try:
       result = fn()
     except Exception as e:  # noqa: BLE001 -- reported by the caller, in one line
       failure, result = Failure(e), None
     if failure is not None:
+      # The failed operation's other threads (orbax writes each array in one) still run: let them end
+      # here, their complaints held back, before the caller cleans up after them.
+      deadline = time.monotonic() + 60
+      for t in set(threading.enumerate()) - before:
+        if type(t).__module__.startswith("orbax"):
+          t.join(max(0.0, deadline - time.monotonic()))
       gc.collect()
   finally:
     sys.unraisablehook = hook
