@@ -100,7 +100,7 @@ def test_sigterm_checkpoints_stops_and_rerun_is_bit_identical(setup, uninterrupt
   kill_after_checkpoint(proc, wd, 2, timeout=400, sig=signal.SIGTERM)
   err = proc.stderr.read()
   assert proc.returncode == 143, err[-3000:]
-  assert re.search(r"^ppo: SIGTERM at step \d+: checkpoint saved in \S+; rerun the same command to resume$", err, re.M), \
+  assert re.search(r"^ppo-bleu: SIGTERM at step \d+: checkpoint saved in \S+; rerun the same command to resume$", err, re.M), \
       err[-3000:]
   assert "Traceback" not in err
   rerun = _ppo(setup, wd, "--config.eval.tasks=")
