@@ -145,10 +145,8 @@ def install(name: str, defer: bool = False) -> Guard:
 
 def restore(guard: Guard) -> None:
   """Undoes `install`; the outermost restore puts the previous handlers back."""
-  if guard.name in _S.names:
-    _S.names.reverse()
-    _S.names.remove(guard.name)
-    _S.names.reverse()
+  if guard.name in _S.names:  # the innermost entry of that name
+    del _S.names[len(_S.names) - 1 - _S.names[::-1].index(guard.name)]
   _S.defer -= int(guard.defer)
   _S.depth -= 1
   if _S.depth == 0:
