@@ -3,9 +3,15 @@
   python main.py --config=configs/<name>.py[:variant] --workdir=DIR [--config.a.b=value ...]
 
 `config.mode` chooses what runs (llamalogue/modes.py: prepare, pretrain, dpo, ppo, evaluate, study, ...).
-Every user-facing failure ends with one line `error: ...` and exit status 2.
+Exit status:
+  0    done
+  2    a user-facing failure, printed as one line `error: ...` (a bad config or input, a busy workdir,
+       a full disk, no readable checkpoint, a model of the wrong kind)
+  143  stopped by SIGTERM, 130 by SIGINT (128 + the signal): one line says where (a training mode saved
+       a checkpoint at the step it finished); rerunning the same command resumes
 """
 
+import errno
 import os
 import sys
 
@@ -25,7 +31,7 @@ def _fail(message: str) -> None:
 
 
 def main(argv):
-  from llamalogue import modes
+  from llamalogue import faults, modes
 
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every step at INFO
   if len(argv) > 1:
@@ -43,8 +49,17 @@ def main(argv):
     modes.run_mode(config, workdir)
   except LlamalogueError as e:
     _fail(str(e))
-  except KeyboardInterrupt:
-    _fail("interrupted; rerun the same command to resume from the last checkpoint")
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    _fail(f"{e.filename or workdir}: disk full ({e.strerror}); free some space and rerun the same command (it "
+          "resumes from the last checkpoint)")
+  except faults.Preempted as e:  # SIGTERM / SIGINT (llamalogue/faults.py)
+    print(str(e), file=sys.stderr)
+    sys.exit(e.status)
+  except KeyboardInterrupt:  # a SIGINT before the handlers were installed
+    print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+    sys.exit(130)
 
 
 def _config_arg(argv) -> str | None:

@@ -18,9 +18,10 @@ import numpy as np
 
 from evaluation import reading as reading_lib
 from evaluation import report
+from evaluation import resume
 from evaluation import scoring
 from evaluation import tasks as tasks_lib
-from llamalogue import distributed, hf, paths, progress
+from llamalogue import distributed, faults, hf, paths, progress
 from llamalogue.checkpoint import checkpoint_name, find_milestones, run_root
 from llamalogue.errors import ConfigError
 
@@ -194,14 +195,18 @@ def evaluate_checkpoint(init_from: str, out_dir: pathlib.Path, config, settings:
              "max_items_per_task": settings["max_items_per_task"], "lowercase": settings["lowercase"],
              "reference_model": settings["reference_model"], "tasks": {}, "skipped": skipped_tasks(settings)}
   predictions = []
-  for task in task_list:
-    res, preds = evaluate_task(scorer, task)
-    results["tasks"][task.name] = res
-    predictions += preds
-  if "reading" in settings["tasks"]:
-    res, preds = evaluate_reading(scorer, settings["max_items_per_task"])
-    results["tasks"] = {**results["tasks"], "reading": res}
-    predictions += preds
+  done = resume.TaskResults(out_dir, init_from, settings)  # finished tasks of a stopped evaluation
+  try:
+    for task in task_list:
+      res, preds = done.get(task.name) or done.put(task.name, *evaluate_task(scorer, task))
+      results["tasks"][task.name] = res
+      predictions += preds
+    if "reading" in settings["tasks"]:
+      res, preds = done.get("reading") or done.put("reading", *evaluate_reading(scorer, settings["max_items_per_task"]))
+      results["tasks"] = {**results["tasks"], "reading": res}
+      predictions += preds
+  except faults.Preempted as e:  # SIGTERM/SIGINT: the finished tasks are kept; a rerun resumes at this one
+    raise e.within(f"{out_dir}: {done.count()} finished tasks kept in {done.dir}") from None
   results["tasks"] = {n: results["tasks"][n] for n in settings["tasks"] if n in results["tasks"]}
   results["benchmarks"] = {r["benchmark"]: r["score"] for r in results["tasks"].values()}
   results["seconds"] = time.time() - start
@@ -209,6 +214,7 @@ def evaluate_checkpoint(init_from: str, out_dir: pathlib.Path, config, settings:
     report.write_jsonl(out_dir / "predictions.jsonl", predictions)
     report.atomic_write(out_dir / "results.md", report.results_markdown(results))
     report.write_json(out_dir / "results.json", results)
+    done.clear()
   distributed.barrier(f"evaluate {out_dir.name}")
   print(f"evaluate: {out_dir.name}: " + ", ".join(
       f"{n} {report.fmt(report.task_value(r), 1 if r['kind'] != 'correlation' else 3)}"

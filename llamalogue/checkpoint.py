@@ -7,10 +7,16 @@ Layout of a run directory:
     model_config.json       the LlamaConfig of the run
     tokenizer/              tokenizer.json and friends, so a checkpoint is self-contained
 
-Each checkpoint holds the whole train state (params, optimizer state, step) and a JSON
-`meta` item: words seen, the rng seed/state, the data-iterator position, the step.
+A `latest` checkpoint holds the whole train state (params, optimizer state, step) and a JSON
+`meta` item: words seen, the rng seed/state, the data-iterator position, the step. A milestone
+holds only what evaluation reads: `{"params": ...}` and the same meta (a third of the bytes).
 Orbax writes to a temporary directory and renames it when complete, so a killed
 run never leaves a checkpoint that looks finished but is not.
+
+Faults (llamalogue/faults.py): a save first checks the free space against the state's byte size;
+a save that fails anyway (a full disk) removes its partial checkpoint and stops with one line. A
+newest checkpoint that does not read is moved aside (`step_<S>.corrupt-<time>`, a name orbax does not
+take for a step) and the newest readable one is restored; when none reads, nothing is touched.
 
 Restoring takes target shardings, so a state saved on 8 devices restores onto 1 and back.
 """
@@ -21,22 +27,31 @@ import os
 import pathlib
 import re
 import shutil
+import sys
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from llamalogue import faults
 from llamalogue import model as model_lib
 from llamalogue.paths import atomic_write
-from llamalogue.errors import DataError
+from llamalogue.errors import DataError, LlamalogueError
 
 MILESTONES, LATEST = "milestones", "latest"
 
 
 def _manager(directory: pathlib.Path, prefix: str, max_to_keep: int | None) -> ocp.CheckpointManager:
+  # Leftovers of a killed save are removed here, synchronously: orbax's own cleanup runs in a thread
+  # that a run stopping early (a full disk) would leave to fail noisily at interpreter exit.
+  if jax.process_index() == 0 and directory.is_dir():
+    for tmp in directory.glob(f"{prefix}_*.orbax-checkpoint-tmp*"):
+      shutil.rmtree(tmp, ignore_errors=True)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, step_prefix=prefix, create=True,
-                                         enable_async_checkpointing=False, cleanup_tmp_directories=True)
+                                         enable_async_checkpointing=False, cleanup_tmp_directories=False)
   return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
@@ -61,29 +76,95 @@ class RunCheckpoints:
       os.replace(tmp, self.root / "tokenizer")
 
   def save(self, state: Any, meta: dict, milestones: list[int] = ()) -> None:
-    """Saves to `latest` (step = meta['step']) and as words_<m> for each milestone m reached."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    for m in milestones:  # several at once only in tiny runs: the same state under each name
-      if m not in self.milestones.all_steps():
-        self.milestones.save(m, args=args)
+    """Saves to `latest` (step = meta['step'], the whole state) and as words_<m> (params only) for each
+    milestone m reached. Raises DiskFull (nothing written, or the partial checkpoint removed) when the
+    disk cannot hold them; every earlier checkpoint stays as it was."""
+    todo = [(self.milestones, "words", m, milestone_state(state)) for m in milestones  # several only in tiny runs
+            if m not in self.milestones.all_steps()]
     if meta["step"] not in self.latest.all_steps():
-      self.latest.save(meta["step"], args=args, force=True)
+      todo.append((self.latest, "step", meta["step"], state))
+    if not todo:
+      return
+    names = ", ".join(f"{prefix}_{n}" for _, prefix, n, _ in todo)
+    faults.check_free(self.root, int(1.02 * sum(nbytes(s) for *_, s in todo)) + (256 << 10) * len(todo),
+                      f"checkpoint {names}", self._resume_hint())
+    for manager, prefix, n, item in todo:
+      args = ocp.args.Composite(state=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta))
+      force = manager is self.latest
+      _, failure = faults.attempt(lambda: manager.save(n, args=args, force=force))
+      if failure is not None:
+        self._remove_partial(manager, f"{prefix}_{n}")
+        where = pathlib.Path(str(manager.directory)) / f"{prefix}_{n}"
+        if failure.disk_full:
+          raise faults.DiskFull(
+              f"{where}: disk full while writing the checkpoint (it needs about {faults.mb(nbytes(item))}, "
+              f"{faults.mb(faults.free_bytes(self.root))} free now); the partial checkpoint was removed, earlier "
+              f"ones are intact; free some space and rerun the same command{self._resume_hint()}")
+        raise LlamalogueError(f"{where}: checkpoint not written ({failure.reason}); the partial checkpoint was "
+                              f"removed{self._resume_hint()}")
+
+  def _resume_hint(self) -> str:
+    step = self.latest.latest_step()
+    return f" (it resumes from step_{step})" if step is not None else " (it starts afresh: no checkpoint yet)"
+
+  def _remove_partial(self, manager: ocp.CheckpointManager, name: str) -> None:
+    """Removes what a failed save of `name` left: its orbax temporary directory, or a finalised one."""
+    root = pathlib.Path(str(manager.directory))
+    for d in root.glob(f"{name}*"):
+      if d.name == name or d.name.startswith(f"{name}.orbax-checkpoint-tmp"):
+        shutil.rmtree(d, ignore_errors=True)
+    faults.attempt(manager.reload)
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
-    """(state, meta) of the newest complete checkpoint, placed by `abstract_state`'s shardings."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    out = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
+    """(state, meta) of the newest checkpoint that reads, placed by `abstract_state`'s shardings.
+
+    Newer ones that do not read are moved aside (one line each, never deleted). When none reads,
+    raises DataError and touches nothing."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    unreadable = []
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      out, failure = faults.attempt(lambda: self.latest.restore(step, args=args))
+      if failure is None:
+        for bad, why in unreadable:
+          self._move_aside(bad, why, step)
+        return out["state"], out["meta"]
+      unreadable.append((step, failure))
+    if unreadable:
+      step, why = unreadable[0]
+      others = f" (nor do the {len(unreadable) - 1} older ones)" if len(unreadable) > 1 else ""
+      raise DataError(f"{self.root / LATEST / f'step_{step}'}: checkpoint does not read ({why.reason}){others}; no "
+                      "readable checkpoint to resume from, nothing was moved or overwritten; move "
+                      f"{self.root / LATEST} away to start afresh")
+    return None
+
+  def _move_aside(self, step: int, why: faults.Failure, resumed: int) -> None:
+    src = self.root / LATEST / f"step_{step}"
+    dst = src.with_name(f"{src.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    while dst.exists():
+      dst = dst.with_name(dst.name + "x")
+    if jax.process_index() == 0:
+      os.replace(src, dst)
+    print(f"{src}: checkpoint does not read ({why.reason}); moved aside to {dst.name}, resuming from "
+          f"step_{resumed}", file=sys.stderr, flush=True)
+    faults.attempt(self.latest.reload)
 
   def close(self) -> None:
-    self.milestones.close()
-    self.latest.close()
+    faults.attempt(self.milestones.close)  # after a failed save orbax may complain again: said already
+    faults.attempt(self.latest.close)
+
+
+def milestone_state(state: Any) -> Any:
+  """What a milestone keeps of a train state: its params (evaluation reads nothing else)."""
+  return {"params": state["params"]} if isinstance(state, dict) and "params" in state else state
+
+
+def nbytes(tree: Any) -> int:
+  """Bytes of the arrays of `tree` (global shapes: what a checkpoint of it writes, before compression)."""
+  return int(sum(np.prod(np.shape(x), dtype=np.int64) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
+                 if hasattr(x, "dtype")))
 
 
 # ---------------------------------------------------------------------------- finding checkpoints
@@ -144,11 +225,12 @@ def _find_checkpoint(path: pathlib.Path) -> pathlib.Path:
   if (path / "state").exists():
     return path
   for root in (path / "checkpoints" / LATEST, path / LATEST, path):
-    steps = sorted((d for d in root.glob("step_*") if (d / "state").exists()),
-                   key=lambda d: int(d.name.split("_")[1])) if root.exists() else []
+    steps = sorted((d for d in root.glob("step_*") if d.name[5:].isdigit() and (d / "state").exists()),
+                   key=lambda d: int(d.name[5:])) if root.exists() else []
     if steps:
       return steps[-1]
-  raise DataError(f"{path}: not a checkpoint, a run directory or a Hugging Face model directory")
+  raise DataError(f"{path}: not a model: not a checkpoint or run directory of ours (no state/, no checkpoints/latest/"
+                  "step_<N>) nor a Hugging Face model directory (no config.json)")
 
 
 def _config_root(ckpt: pathlib.Path) -> pathlib.Path:
@@ -172,10 +254,12 @@ def load_model(path: str | os.PathLike, dtype: str = "float32"):
   # A PPO state keeps the language model under params/policy (beside its value head).
   wrap = (lambda t: {"policy": t}) if "ppo" in read_meta(ckpt) else (lambda t: t)
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
-  restored = ckptr.restore((ckpt / "state").absolute(), args=ocp.args.PyTreeRestore(
+  restored, failure = faults.attempt(lambda: ckptr.restore((ckpt / "state").absolute(), args=ocp.args.PyTreeRestore(
       item={"params": wrap(target)},
       restore_args={"params": wrap(jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), target))},
-      partial_restore=True))
+      partial_restore=True)))
+  if failure is not None:
+    raise DataError(f"{ckpt}: checkpoint does not read ({failure.reason})")
   params = restored["params"]["policy"] if "ppo" in read_meta(ckpt) else restored["params"]
   return nnx.merge(graphdef, params), (root / "tokenizer" if (root / "tokenizer").exists() else None)
 

@@ -32,16 +32,32 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 # ---------------------------------------------------------------------------- config
 
-def config_from_hf(hf: dict, dtype: str = "float32") -> model_lib.LlamaConfig:
-  """LlamaConfig from a HF config.json dict (transformers 4 or 5 layout)."""
-  arch = hf.get("model_type", "llama")
-  if arch not in ("llama", "smollm", "smollm2", "mistral", "olmo2") and "LlamaForCausalLM" not in hf.get("architectures", []):
-    raise ConfigError(f"config.json: model_type {arch!r} is not a Llama-family model")
+# model_type values our Llama computes exactly (Mistral: a Llama without its sliding window).
+LLAMA_TYPES = ("llama", "smollm", "smollm2", "mistral")
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def describe_kind(hf: dict) -> str:
+  """`model_type 'bert' (BertModel)`: what a config.json says the model is."""
+  archs = hf.get("architectures") or []
+  found = f"model_type {hf['model_type']!r}" if hf.get("model_type") else "no model_type in config.json"
+  return found + (f" ({', '.join(map(str, archs))})" if archs else "")
+
+
+def config_from_hf(hf: dict, dtype: str = "float32", source: str = "config.json") -> model_lib.LlamaConfig:
+  """LlamaConfig from a HF config.json dict (transformers 4 or 5 layout); `source` names it in errors."""
+  arch = hf.get("model_type")
+  if arch not in LLAMA_TYPES and "LlamaForCausalLM" not in (hf.get("architectures") or []):
+    raise ConfigError(f"{source}: {describe_kind(hf)}: not a Llama-family model; this needs a Llama-architecture "
+                      "checkpoint (LlamaForCausalLM: Llama, SmolLM, ...)")
+  missing = [k for k in _REQUIRED if k not in hf]
+  if missing:
+    raise DataError(f"{source}: {describe_kind(hf)}, but no {missing[0]} in config.json: not a complete Llama config")
   rope = hf.get("rope_parameters") or {}
   if isinstance(rope, dict) and rope.get("rope_type", "default") not in ("default", None):
-    raise ConfigError(f"config.json: rope_type {rope.get('rope_type')!r} is not supported (only default RoPE)")
+    raise ConfigError(f"{source}: rope_type {rope.get('rope_type')!r} is not supported (only default RoPE)")
   if (hf.get("rope_scaling") or {}).get("rope_type", "default") not in ("default", None):
-    raise ConfigError(f"config.json: rope_scaling {hf['rope_scaling']} is not supported (only default RoPE)")
+    raise ConfigError(f"{source}: rope_scaling {hf['rope_scaling']} is not supported (only default RoPE)")
   theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0)) if isinstance(rope, dict) else hf.get("rope_theta", 10_000.0)
   heads = hf["num_attention_heads"]
   return model_lib.LlamaConfig(
@@ -148,9 +164,11 @@ def load_hf_dir(directory: str | os.PathLike, dtype: str = "float32"):
     raise DataError(f"{directory}: no config.json (not a Hugging Face model directory)")
   try:
     hf_cfg = json.loads(cfg_path.read_text())
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{cfg_path}: invalid JSON ({e})") from e
-  cfg = config_from_hf(hf_cfg, dtype)
+  if not isinstance(hf_cfg, dict):
+    raise DataError(f"{cfg_path}: not a model config (a JSON {type(hf_cfg).__name__}, not an object)")
+  cfg = config_from_hf(hf_cfg, dtype, source=str(directory))
   model = from_tensors(cfg, _read_safetensors(directory), str(directory))
   return model, load_tokenizer(directory, cfg.vocab_size)
 

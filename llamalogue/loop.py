@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llamalogue import checkpoint as ckpt_lib
-from llamalogue import progress
+from llamalogue import faults, progress
 from llamalogue.errors import LlamalogueError
 from llamalogue.metrics import MetricWriter
 from llamalogue.paths import atomic_write
@@ -255,6 +255,7 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, con
         writer.write(step, last_eval)
       meter.restart(step)
 
+  guard = faults.install(task.name, defer=True)  # faults: SIGTERM/SIGINT finish the step, then save and stop
   try:
     while step < total:
       batch, counts = task.batches.next()
@@ -288,9 +289,15 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, con
         policy.done.update(reached)
         save(reached)
         meter.restart(step)  # checkpoint time is not training time
-    if not last_eval and step == total and settings.eval_every == 0:
+      if faults.should_stop(step):  # every process agrees on this step; checkpoint it, then stop
+        _check(task.name, _host(metrics), step, ckpts, workdir)
+        save([])  # (a no-op when this step was just saved)
+        raise faults.Preempted.at_step(task.name, faults.stop_signal(), step, ckpts.root / "latest" / f"step_{step}")
+    if not last_eval and step == total:  # also a run resumed at its end
+
       run_eval()
   finally:
+    faults.restore(guard)  # faults
     bar.close()
     if writer:
       writer.close()

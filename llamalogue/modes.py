@@ -4,9 +4,10 @@ main.py and the study orchestrator (study/run.py) dispatch through `run_mode`, s
 study runs exactly what `python main.py --config=configs/<stage>.py` runs.
 """
 
+import contextlib
 import importlib
 
-from llamalogue import config_check, distributed
+from llamalogue import config_check, distributed, faults
 from llamalogue.errors import ConfigError
 
 MODES = {
@@ -28,13 +29,21 @@ MODES = {
 # except inside `study`, one process whose time is mostly its training stages.
 TRAINING_MODES = {"pretrain", "dpo", "ppo", "study"}
 
+# Modes that write their workdir hold its lock (llamalogue/faults.py) while they run; `export` replaces
+# its workdir as a whole and `sample` only prints.
+UNLOCKED_MODES = {"export", "sample"}
+
 
 def run_mode(config, workdir: str):
-  """Checks the common fields and the mode of `config`, then runs its mode in `workdir`."""
+  """Checks the common fields and the mode of `config`, joins the job's other processes (`distributed`),
+  then runs its mode in `workdir`: holding the workdir's lock (one run per workdir; process 0 holds it for
+  the job) and with SIGTERM/SIGINT stopping it cleanly (faults.Preempted)."""
   config_check.validate(config)
   mode = config.get("mode")
   if mode not in MODES:
     raise ConfigError(f"config.mode: unknown mode {mode!r}; choose one of {sorted(MODES)}")
   distributed.initialize(config.get("distributed"))   # before any device is touched; a no-op for one process
   module_name, fn_name = MODES[mode].split(":")
-  return getattr(importlib.import_module(module_name), fn_name)(config, workdir)
+  lock = faults.workdir_lock(workdir, mode) if mode not in UNLOCKED_MODES else contextlib.nullcontext()
+  with faults.handling(mode), lock:
+    return getattr(importlib.import_module(module_name), fn_name)(config, workdir)

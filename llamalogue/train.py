@@ -72,9 +72,11 @@ def run(config, workdir: str) -> dict:
   _validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  # continue pre-training a HF model or a checkpoint of ours: checked before any data work
+  loaded = hf.load(config.init_from)[0] if config.get("init_from") else None
   data_dir = pathlib.Path(ensure_prepared(config, str(workdir)))
   tokenizer = hf.load_tokenizer(data_dir)
-  model_cfg, init_params = _model(config, tokenizer, data_dir)
+  model_cfg, init_params = _model(config, tokenizer, data_dir, loaded)
   t = config.train
   mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
   train_it = TokenIterator(data_dir / "train_tokens.npy", data_dir / "train_words.npy", t.batch_size // jax.process_count(),
@@ -111,11 +113,10 @@ def run(config, workdir: str) -> dict:
   return summary
 
 
-def _model(config, tokenizer, data_dir: pathlib.Path):
-  """(LlamaConfig, initial params or None): the preset sized to the tokenizer, or `init_from`'s model."""
+def _model(config, tokenizer, data_dir: pathlib.Path, loaded=None):
+  """(LlamaConfig, initial params or None): the preset sized to the tokenizer, or `loaded` (`init_from`'s model)."""
   init_params = None
-  if config.get("init_from"):
-    loaded, _ = hf.load(config.init_from)
+  if loaded is not None:
     model_cfg = loaded.cfg
     init_params = step_lib.split_model(loaded)[1]
   else:

@@ -136,9 +136,25 @@ def _first_line(e: Exception) -> str:
 
 def _read_config(directory: pathlib.Path) -> dict:
   try:
-    return json.loads((directory / "config.json").read_text())
+    cfg = json.loads((directory / "config.json").read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{directory / 'config.json'}: invalid JSON ({e})") from e
+  if not isinstance(cfg, dict):
+    raise DataError(f"{directory / 'config.json'}: not a model config (a JSON {type(cfg).__name__}, not an object)")
+  return cfg
+
+
+def not_a_causal_lm(hf_cfg: dict) -> bool:
+  """Whether a config.json says the model does not generate text: its architectures name no `*ForCausalLM` /
+  `*LMHeadModel` class, or (none listed) its model_type is one transformers knows but has no causal-LM
+  class for. An unknown model_type is left to the loader, which names it."""
+  archs = [str(a) for a in hf_cfg.get("architectures") or []]
+  if archs:
+    return not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+  from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+  from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+  kind = hf_cfg.get("model_type")
+  return kind in CONFIG_MAPPING_NAMES and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -165,6 +181,9 @@ class Teacher:
     self.spec = spec
     self.path = resolve(spec, cache_dir)
     hf_cfg = _read_config(self.path)
+    if not_a_causal_lm(hf_cfg):
+      raise DataError(f"{self.path}: {hf.describe_kind(hf_cfg)}: not a causal language model; a teacher or judge "
+                      "must generate text (a *ForCausalLM checkpoint: Llama, SmolLM2, OLMo-2, ...)")
     model_type = hf_cfg.get("model_type", "")
     self.is_jax = backend == "auto" and model_type in JAX_MODEL_TYPES
     if self.is_jax:

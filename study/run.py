@@ -29,7 +29,7 @@ from typing import Callable
 
 import ml_collections
 
-from llamalogue import distributed
+from llamalogue import distributed, faults
 from llamalogue.errors import ConfigError, LlamalogueError
 
 PPO_REWARDS = ("bleu", "semsim", "llm_score", "confidence")
@@ -323,6 +323,8 @@ def run_stage(stage: Stage, root: pathlib.Path, index: str) -> None:
     modes.run_mode(cfg, str(stage_dir))
   except LlamalogueError as e:
     raise type(e)(f"stage {stage.name}: {e}") from None
+  except faults.Preempted as e:  # SIGTERM/SIGINT: the stage kept what it had; rerunning resumes at this stage
+    raise e.within(f"study {index} stage {stage.name}") from None
   finally:
     rec["wall_s"] += time.time() - start
     write_record(stage_dir, rec)

@@ -23,8 +23,10 @@ def run_main(config: str, workdir, *extra: str, wait: bool = True, timeout: floa
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def kill_after_checkpoint(proc, workdir: pathlib.Path, min_step: int, timeout: float = 400) -> None:
-  """SIGKILLs `proc` as soon as a complete `latest` checkpoint at step >= `min_step` exists in `workdir`."""
+def kill_after_checkpoint(proc, workdir: pathlib.Path, min_step: int, timeout: float = 400,
+                          sig: int = signal.SIGKILL) -> None:
+  """Sends `sig` (SIGKILL) to `proc` as soon as a complete `latest` checkpoint at step >= `min_step` exists in
+  `workdir`, and waits for it to end."""
   latest = pathlib.Path(workdir) / "checkpoints" / "latest"
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -36,7 +38,7 @@ def kill_after_checkpoint(proc, workdir: pathlib.Path, min_step: int, timeout: f
     if proc.poll() is not None:
       pytest.fail(f"run ended before it could be killed: {proc.stderr.read()[-2000:]}")
     time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
+  proc.send_signal(sig)
   proc.wait()
 
 

@@ -95,6 +95,25 @@ def test_sigkill_and_rerun_is_bit_identical(base, uninterrupted, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, _final_params(uninterrupted), _final_params(wd))
 
 
+def test_sigterm_checkpoints_stops_and_rerun_is_bit_identical(base, uninterrupted, tmp_path):
+  """SIGTERM (a preemption): the step finishes, a checkpoint is written, exit 143; the rerun ends where an
+  uninterrupted run does, bit for bit."""
+  import re
+  import signal
+  wd = tmp_path / "preempted"
+  proc = _dpo(base, wd, "--config.eval.tasks=", "--config.train.checkpoint_every=1", wait=False)  # the signal lands mid-run
+  kill_after_checkpoint(proc, wd, 2, timeout=300, sig=signal.SIGTERM)
+  err = proc.stderr.read()
+  assert proc.returncode == 143, err[-3000:]
+  assert re.search(r"^dpo: SIGTERM at step \d+: checkpoint saved in \S+; rerun the same command to resume$", err, re.M), \
+      err[-3000:]
+  assert "Traceback" not in err
+  rerun = _dpo(base, wd, "--config.eval.tasks=")
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "resuming from step" in rerun.stdout + rerun.stderr
+  jax.tree.map(np.testing.assert_array_equal, _final_params(uninterrupted), _final_params(wd))
+
+
 def test_bad_pair_file_one_line(base, tmp_path):
   bad = tmp_path / "pairs.jsonl"
   good = {"prompt": "*MOT: what is that ?", "chosen": "*CHI: a ball .", "rejected": "*CHI: no more ."}
