@@ -17,7 +17,9 @@ On one process every function here is the identity or a no-op.
 import itertools
 import json
 import os
+import socket
 import sys
+import time
 
 import jax
 import ml_collections
@@ -60,6 +62,7 @@ def initialize(cfg) -> None:
                         "give num_processes >= 1 and 0 <= process_id < num_processes")
     kwargs.update(coordinator_address=cfg.coordinator, num_processes=int(cfg.num_processes),
                   process_id=int(cfg.process_id))
+    _check_coordinator(cfg.coordinator, int(cfg.process_id), float(cfg.timeout_s))
   else:
     where = os.environ.get("JAX_COORDINATOR_ADDRESS", "the cluster's coordinator")
   try:
@@ -70,6 +73,35 @@ def initialize(cfg) -> None:
                           f"({type(e).__name__}: {text[0][:200] if text else ''})") from None
   print(f"distributed: process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local / "
         f"{jax.device_count()} devices", file=sys.stderr, flush=True)
+  if not is_lead():  # one voice: process 0 reports; the others keep stderr for warnings and errors
+    sys.stdout = open(os.devnull, "w")
+
+
+def _check_coordinator(address: str, process_id: int, timeout_s: float) -> None:
+  """Fails with one line, within `timeout_s`, where the runtime would abort the process: process 0 must be
+  able to serve on the port, the others must reach it (the runtime's own timeout ends in a C++ abort)."""
+  host, _, port = address.rpartition(":")
+  if not port.isdigit():
+    raise ConfigError(f"config.distributed.coordinator: {address!r} is not host:port")
+  if process_id == 0:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+      sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      try:
+        sock.bind(("" if host in ("localhost", "127.0.0.1", "0.0.0.0") else host, int(port)))
+      except OSError as e:
+        raise LlamalogueError(f"config.distributed: process 0 cannot serve the coordinator on {address} "
+                              f"({e.strerror}); choose another port") from None
+    return
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=1.0).close()
+      return
+    except OSError:
+      if time.monotonic() > deadline:
+        raise LlamalogueError(f"config.distributed: could not join the job at {address} within {timeout_s:.0f} s "
+                              "(no coordinator answers there: is process 0 running, on that host and port?)") from None
+      time.sleep(0.25)
 
 
 def is_lead() -> bool:
@@ -169,11 +201,12 @@ def local_replica(tree):
 def host_array(tree):
   """Numpy copies of a tree's arrays, on every process (global arrays gathered): inputs that jit treats as
   replicated, whatever the process count. PRNG keys stay as they are."""
-  def one(x):
-    if not isinstance(x, jax.Array) or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return x
-    return np.asarray(local_replica(x))
-  return jax.tree.map(one, tree)
+  return jax.tree.map(lambda x: x if not isinstance(x, jax.Array) or _is_key(x) else np.asarray(local_replica(x)),
+                      tree)
+
+
+def _is_key(x) -> bool:
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def to_global(tree, shardings):
@@ -181,4 +214,7 @@ def to_global(tree, shardings):
   passes the same values."""
   if jax.process_count() == 1:
     return jax.device_put(tree, shardings)
-  return jax.device_put(host_array(tree), shardings)
+  host = host_array(tree)
+  if not isinstance(shardings, jax.sharding.Sharding):
+    return jax.device_put(host, shardings)
+  return jax.tree.map(lambda x: x if _is_key(x) else jax.device_put(x, shardings), host)

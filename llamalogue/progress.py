@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+import jax
 from tqdm.auto import tqdm
 
 
@@ -77,8 +78,8 @@ class LineProgress:
 
 
 def bar(total: int | None, desc: str, unit: str = "it", initial: int = 0, disable: bool = False):
-  """A tqdm bar on a terminal, else a `LineProgress`; `disable` (e.g. not process 0) shows nothing."""
-  if disable:
+  """A tqdm bar on a terminal, else a `LineProgress`; `disable` shows nothing (as on every process but 0)."""
+  if disable or jax.process_index() != 0:
     return tqdm(total=total, disable=True)
   if sys.stderr.isatty():
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0,

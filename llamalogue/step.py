@@ -114,8 +114,8 @@ def state_layout(make_state: Callable[..., dict], mesh, *args) -> StateLayout:
   """
   abstract = jax.eval_shape(make_state, *args)
   shardings = sharding_lib.tree_shardings(abstract, mesh)
-  if jax.process_count() > 1:  # arrays on this process's devices go in as host data, replicated to the global mesh
-    args = tuple(distributed.host_array(a) for a in args)
+  # Loaded parameters sit on one device (of this process): they enter replicated over the mesh.
+  args = tuple(distributed.to_global(a, sharding_lib.replicated(mesh)) for a in args)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return StateLayout(target, shardings, jax.jit(make_state, out_shardings=shardings), args)
 

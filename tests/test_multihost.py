@@ -45,8 +45,9 @@ def _close(a, b, tol=1e-6):
 
 
 def _metrics(workdir, *names):
+  """[[step, value] of every logged `name`, names in order] from DIR/metrics.jsonl."""
   rows = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return [[r.get(n) for n in names] for r in rows if any(n in r for n in names)]
+  return [[r["step"], r[n]] for n in names for r in rows if n in r]
 
 
 @pytest.fixture(scope="module")
