@@ -24,7 +24,12 @@ The comparison, and how it is fair:
   * the same reward: a constant 1.0 for every row (`--reward=bleu` gives ours the BLEU reward
     against the study's teacher replies instead, more work on our side only);
   * float32 on both sides, on the same cores: XLA's CPU client uses one thread per core it may
-    run on (its default), torch gets `set_num_threads(<that count>)`; both printed. One side
+    run on (its default), torch gets `set_num_threads(<that count>)`; both printed; `--cores=N`
+    pins both processes to N cores. trl's side runs with `OMP_WAIT_POLICY=PASSIVE` unless the
+    environment sets it: with libgomp's default (spin, then sleep) and a core busy with another
+    process, torch's 2 threads stall at every barrier, and on the shared 2-core machine this was
+    written on trl's step() took 45-50 s instead of 1.7 s on 1 thread or 2.7 s on 2 threads with
+    PASSIVE (our side, XLA's own thread pool, showed no such collapse). One side
     runs at a time (the other waits on a pipe); the blocks alternate (`--block` steps of ours,
     then as many of trl's) after `--warmup` untimed steps a side (compiles, first allocations);
   * medians of the per-step wall times (a step whose response length gives a new padded
@@ -115,6 +120,7 @@ class TrlWorker:
     cmd = [str(python), str(TRL_SCRIPT), f"--model={model_dir}", f"--queries={queries_file}",
            f"--threads={threads}", "--serve"] + (["--keep_freed_memory"] if keep_freed else [])
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring: busy cores stall spinning threads
     self.log_path = log_path
     self.log = open(log_path, "w")
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
@@ -180,12 +186,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="what ours trains on: the re-encoded child reply (the study's) or the raw sampled tokens")
   parser.add_argument("--no_trl", action="store_true", help="ours and the sampler only (no trl environment)")
   parser.add_argument("--trl_env", default="", help="trl 0.8.6's environment (default: the cache, built if missing)")
+  parser.add_argument("--cores", type=int, default=0,
+                      help="pin both sides to the first N cores this may use (0: all): XLA sizes its pool by "
+                           "them, torch gets as many threads")
   parser.add_argument("--vocab", type=int, default=1024)
   args = parser.parse_args(argv)
   if args.quick:
     args.warmup, args.steps, args.block = 1, 1, 1
   if args.steps < 1 or args.warmup < 1 or args.block < 1:
     parser.error("--steps, --warmup and --block: at least 1 (the first step compiles)")
+  if not 0 <= args.cores <= len(os.sched_getaffinity(0)):
+    parser.error(f"--cores: 0 (all) to {len(os.sched_getaffinity(0))}, the cores this process may use")
   return args
 
 
@@ -202,6 +213,8 @@ def schedule(warmup: int, steps: int, block: int) -> list[tuple[str, int, bool]]
 
 def main(argv=None) -> float:
   args = parse_args(argv)
+  if args.cores:  # before jax starts its CPU client (it counts the cores it may use); trl's side inherits it
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
   from llamalogue import runtime
   keep_freed = runtime.keep_freed_memory()  # as main.py for mode=ppo, before jax runs anything
   import dataclasses
@@ -305,11 +318,12 @@ def main(argv=None) -> float:
       worker.close()
 
   ours_med = float(np.median(ours_s))
+  cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
   phase_sum = sum(step_med.values())
   print(f"PPO step, ours (tiny 4x256, batch 16, mini-batch 4, 4 epochs, {args.reward} reward, "
         f"response={args.response}): median of "
         f"{len(ours_s)} steps after {args.warmup} untimed ({warm_s:.1f} s, compiles): {ours_med:.2f} s = "
-        f"{1 / ours_med:.3f} steps/s; XLA on {threads} threads (one per core), float32")
+        f"{1 / ours_med:.3f} steps/s; XLA on {threads} threads (one per core: {cores}), float32")
   for k, v in step_med.items():
     print(f"  {k:8s} {v:7.3f} s  {100 * v / phase_sum:5.1f}%")
   print(f"slowest phase: {max(step_med, key=step_med.get)}; {np.mean(resp_tokens):.1f} response tokens a row "
@@ -328,7 +342,7 @@ def main(argv=None) -> float:
   trl_med = float(np.median(trl_s))
   v = info["versions"]
   print(f"trl {v['trl']} PPOTrainer (transformers {v['transformers']}, torch {v['torch']}, {info['threads']} "
-        f"threads, {info['dtype']}, {info['device']}): median of {len(trl_s)} steps {trl_med:.2f} s = "
+        f"threads, OMP_WAIT_POLICY={info['omp_wait_policy']}, {info['dtype']}, {info['device']}): median of {len(trl_s)} steps {trl_med:.2f} s = "
         f"{1 / trl_med:.3f} steps/s (generate {trl_gen:.2f} s + step() {trl_train:.2f} s); "
         f"{trl_tokens:.1f} response tokens a row; step times {', '.join(f'{s:.2f}' for s in trl_s)} s")
   ratio = trl_med / ours_med

@@ -97,6 +97,7 @@ class Runner:
     self.info = {"versions": {"trl": trl.__version__, "transformers": transformers.__version__,
                               "torch": torch.__version__, "python": sys.version.split()[0]},
                  "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
                  "device": str(self.trainer.current_device),
                  "dtype": str(next(model.parameters()).dtype)}
 
