@@ -1,6 +1,7 @@
 """PPO steps/s on the tiny setup: ours beside trl 0.8.6's PPOTrainer (the study's trainer), by phase.
 
-  python benchmarks/ppo_throughput.py [--steps=8] [--warmup=2] [--block=2] [--reward=constant|bleu] [--no_trl]
+  python benchmarks/ppo_throughput.py [--steps=8] [--warmup=2] [--block=2] [--cores=N]
+                                      [--reward=constant|bleu] [--response=reply|raw] [--no_trl]
   python benchmarks/ppo_throughput.py --quick      # a smoke run: 1 warm-up + 1 timed step a side
 
 The setup: a random Llama of our `tiny` shape (4 layers, 256 wide; a byte-level BPE trained on
@@ -40,7 +41,8 @@ What differs: by default ours trains on the re-encoded child reply (the study's
 stops), trl on the raw sampled tokens (its `generate` stops at EOS only). A random model seldom
 writes a speaker tag, but the text it samples re-encodes into more tokens than it sampled
 (~25 a row against trl's 20: more work on our side; both printed); `--response=raw` trains
-ours on the sampled tokens as trl does. trl's value head init and dropout draws differ from
+ours on the sampled tokens as trl does. Ours pads the rows of a step to a multiple of 16
+tokens (one compile per bucket), trl to the longest row of the step. trl's value head init and dropout draws differ from
 ours (timing only). Ours also keeps host-side counters and sample replies.
 
 Then the bare jitted sampler (`sampling.sample_tokens`) runs on the same model, prompts and
