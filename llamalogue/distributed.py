@@ -75,6 +75,64 @@ def initialize(cfg) -> None:
         f"{jax.device_count()} devices", file=sys.stderr, flush=True)
   if not is_lead():  # one voice: process 0 reports; the others keep stderr for warnings and errors
     sys.stdout = open(os.devnull, "w")
+  _start_watchdog(max(2.0, 0.6 * float(cfg.heartbeat_s)))
+
+
+# A process that dies is noticed by the runtime after `heartbeat_s`, which then aborts every other process
+# from C++ (a stack dump, no word of ours). The watchdog says it first, in one line: each process stamps
+# a key in the coordinator's store every second and reads the others'; a stamp older than `stale_s`, or a
+# coordinator that no longer answers (process 0 died), ends this process with PEER_LOST.
+PEER_LOST = 75   # EX_TEMPFAIL: the job failed because another process did; rerun every process to resume
+
+
+def _start_watchdog(stale_s: float) -> None:
+  import atexit
+  import threading
+  client, me, n = _client(), jax.process_index(), jax.process_count()
+  seen = {i: time.monotonic() for i in range(n)}
+  last = {}
+
+  def stamp(value: str) -> None:
+    client.key_value_set(f"llamalogue/alive/{me}", value, allow_overwrite=True)
+
+  def watch():
+    count = 0
+    while True:
+      count += 1
+      try:
+        stamp(str(count))
+        for i in range(n):
+          if i == me:
+            continue
+          value = client.key_value_try_get(f"llamalogue/alive/{i}")
+          if value == "exit":
+            seen[i] = float("inf")
+          elif value != last.get(i):
+            last[i], seen[i] = value, time.monotonic()
+        now = time.monotonic()
+        gone = [i for i in range(n) if i != me and now - seen[i] > stale_s]
+        if gone:
+          _die(f"process {gone[0]} of {n} stopped answering ({stale_s:.0f} s): it died or was killed")
+      except Exception as e:  # noqa: BLE001 (the coordinator lives in process 0: if it died, every call fails)
+        if "NOT_FOUND" not in str(e):
+          _die(f"the coordinator stopped answering ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+               "process 0 died or was killed")
+      time.sleep(1.0)
+
+  def _die(why: str) -> None:
+    print(f"error: distributed: process {me}: {why}; stopping. The last checkpoint is intact: rerun the same "
+          "command on every process to resume", file=sys.stderr, flush=True)
+    os._exit(PEER_LOST)
+
+  atexit.register(lambda: _quiet(lambda: stamp("exit")))
+  threading.Thread(target=watch, name="llamalogue-watchdog", daemon=True).start()
+
+
+def _quiet(fn) -> None:
+  try:
+    fn()
+  except Exception:  # noqa: BLE001 (at exit the coordinator may already be gone)
+    pass
 
 
 def _check_coordinator(address: str, process_id: int, timeout_s: float) -> None:

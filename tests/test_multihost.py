@@ -24,6 +24,13 @@ PRETRAIN = ["--config.train.max_steps=6", "--config.train.checkpoint_every=3", "
             "--config.train.eval_every=3", "--config.train.eval_batches=1", "--config.train.batch_size=8",
             "--config.train.eval_batch_size=8", "--config.train.milestones=3000,1e9", *MODEL]
 
+# Adam divides by sqrt(v): a weight whose gradients are ~0 (a rare token's embedding) moves by up to lr per
+# step whatever their last bits, so the reduction order across processes can move it by a fraction of lr
+# (seen: 1.4e-6 after 4 DPO steps, 1.7e-5 after 48 PPO mini-batch steps, lr 1e-3, one weight of 65,536).
+# Asked: every weight within lr/10, and all but one in a thousand within 1e-6. A wrong collective (jax#40830)
+# moves most weights by O(lr).
+LR = 1e-3
+
 pytestmark = pytest.mark.skipif(not (paths.data_root() / "childes").exists()
                                 or not (paths.data_root() / "communicative_baby").exists(), reason="no study data")
 
@@ -42,6 +49,13 @@ def _params(workdir):
 def _close(a, b, tol=1e-6):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=tol, atol=tol, err_msg=jax.tree_util.keystr(path))
+
+
+def _close_adam(a, b, lr=LR):
+  diffs = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel() for x, y in zip(jax.tree.leaves(a),
+                                                                                         jax.tree.leaves(b))])
+  assert diffs.max() <= lr / 10, diffs.max()
+  assert np.mean(diffs > 1e-6) < 1e-3, (np.mean(diffs > 1e-6), np.sort(diffs)[-5:])
 
 
 def _metrics(workdir, *names):
@@ -118,7 +132,7 @@ def test_dpo_on_two_processes_equals_one(pretrained, tmp_path):
           "--config.eval.tasks=")
   _ok(run_main("configs/dpo_natural.py:tiny", tmp_path / "d1", *args, devices=4))
   _ok(launch("configs/dpo_natural.py:tiny", tmp_path / "d2", *args))
-  _close(_params(tmp_path / "d1"), _params(tmp_path / "d2"))
+  _close_adam(_params(tmp_path / "d1"), _params(tmp_path / "d2"))
   names = ("train/loss", "rewards/accuracies", "rewards/margins")
   np.testing.assert_allclose(_metrics(tmp_path / "d2", *names), _metrics(tmp_path / "d1", *names), rtol=1e-5,
                              atol=1e-6)
@@ -144,10 +158,11 @@ def test_ppo_on_two_processes_equals_one(pretrained, tmp_path):
           "--config.train.max_steps=3", "--config.eval.tasks=")
   _ok(run_main("configs/ppo_bleu.py:tiny", tmp_path / "p1", *args, devices=4))
   _ok(launch("configs/ppo_bleu.py:tiny", tmp_path / "p2", *args))
-  _close(_params(tmp_path / "p1"), _params(tmp_path / "p2"))
-  names = ("env/reward_mean", "objective/kl", "ppo/loss/total")
-  np.testing.assert_allclose(_metrics(tmp_path / "p2", *names), _metrics(tmp_path / "p1", *names), rtol=1e-5,
-                             atol=1e-6)
+  _close_adam(_params(tmp_path / "p1"), _params(tmp_path / "p2"))
+  np.testing.assert_array_equal(_metrics(tmp_path / "p2", "env/reward_mean"), _metrics(tmp_path / "p1", "env/reward_mean"))
+  names = ("objective/kl", "ppo/loss/total")   # functions of the params: as close as they are (see LR)
+  np.testing.assert_allclose(_metrics(tmp_path / "p2", *names), _metrics(tmp_path / "p1", *names), rtol=1e-4,
+                             atol=1e-5)
   s1, s2 = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("p1", "p2"))
   assert s2["reward"] == s1["reward"]                   # counters summed over the processes
   samples = [(tmp_path / d / "samples.jsonl").read_text().splitlines() for d in ("p1", "p2")]
