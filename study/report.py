@@ -383,7 +383,8 @@ def markdown(res: dict, tasks: list[str]) -> str:
       L += ["", f"A model trained with {n} seeds (`config.seeds={n}`: DIR/<stage>/seed_<k>, the stage's `seed` + k) "
             "shows the mean ± sd over its seeds; its intervals and paired tests pool the seeds: items are "
             "resampled with all their seeds, and McNemar counts every (seed, item) pair, so its p-value treats "
-            "seeds as independent and is optimistic when seeds agree item by item. Each seed alone:", "",
+            "seeds as independent and is optimistic when seeds agree item by item. Each seed alone (accuracy: "
+            "effect on the base, its paired 95% interval and McNemar p):", "",
             *seeds_markdown(res["table"], tasks)]
   else:
     L += ["The `evaluate` stage has not run yet."]
@@ -391,17 +392,20 @@ def markdown(res: dict, tasks: list[str]) -> str:
   if res["trajectory"]:
     items = res["trajectory"][0].get("items", {})
     L += [f"![trajectory]({res['figures'].get('trajectory', '')}) (shaded: 95% intervals)", "",
-          "| checkpoint | words | " + " | ".join(f"{t} (n {_n(items.get(t))})" for t in eval_report.TRAJ_TASKS)
+          "| checkpoint | words | " + " | ".join(t + (f" (n {items[t]:,})" if items.get(t) else "")
+                                                for t in eval_report.TRAJ_TASKS)
           + " |", "|---|---|" + "---|" * 3]
     for r in res["trajectory"]:
       L.append(f"| {r['checkpoint']} | {r['words']:,} | " + " | ".join(
           eval_report.value_cell(r["values"].get(t), r.get("intervals", {}).get(t)) for t in eval_report.TRAJ_TASKS)
           + " |")
     ci = res.get("trajectory_study_intervals", {})
-    L += ["", "Each cell with its 95% interval. The study (dialogue MP word / Zorro, n 7,548 / 46,000): " + ", ".join(
+    study = ", ".join(
         f"{w / 1e6:g} M {eval_report.value_cell(v.get('dialogue_word'), ci.get(w, {}).get('dialogue_word'))} / "
         f"{eval_report.value_cell(v.get('zorro'), ci.get(w, {}).get('zorro'))}"
-        for w, v in res["trajectory_study"].items())]
+        for w, v in res["trajectory_study"].items())
+    L += ["", "Each cell with its 95% interval. The study (dialogue MP word / Zorro, n 7,548 / 46,000): " +
+          (study or f"its reference results are not in the data folder ({eval_report.REFERENCE_DIR}).")]
   else:
     L += ["The `trajectory` stage has not run yet."]
   L += ["", "## Fine-tuning curves", ""]
