@@ -288,8 +288,9 @@ def trajectory_markdown(rows: list[dict], task_names: list[str], compare: list[d
       lines.append("| " + " | ".join(cells) + " |")
     lines += ["", EFFECT_NOTE]
   methods = sorted({m for r in [*rows, *compare] for m in r.get("interval_methods", {}).values() if m})
+  shows_study = any(t in x for t in task_names for x in ref.values())
   if methods:
-    lines += ["", "95% intervals: " + "; ".join(methods) + f". Published: {STUDY_ITEMS_NOTE}."]
+    lines += ["", "95% intervals: " + "; ".join(methods) + "." + (f" Study: {STUDY_ITEMS_NOTE}." if shows_study else "")]
   return "\n".join(lines) + "\n"
 
 
