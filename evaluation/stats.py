@@ -11,11 +11,14 @@ turn them into percentage points.
   percentile interval of REPS replicates taken. Resampling n items of a stratum whose
   per-item values take m distinct values is the same as drawing the m counts from a
   multinomial(n, observed shares), which is how it is computed: exact, and fast for
-  60,000 items.
+  60,000 items. A sub-task of fewer than MIN_STRATUM items (a task cut down by
+  `max_items_per_task`) is too small to resample within (one item: no variance at all);
+  then all items are resampled as one set, each weighted 1 / (sub-tasks x items of its
+  sub-task) so that the statistic is still the unweighted mean over sub-tasks.
 * An effect, model − base on the same items: the exact McNemar test (`mcnemar_exact`, a
   two-sided binomial test of the discordant pairs at 1/2) and a paired bootstrap
-  (`paired_effect`): per-item differences resampled within sub-tasks, so the interval is
-  that of the difference of the sub-task means.
+  (`paired_effect`): per-item differences resampled within sub-tasks (the same rule for
+  small sub-tasks), so the interval is that of the difference of the sub-task means.
 * Several seeds of one model (arrays S x n): the per-item value is the mean over seeds;
   the bootstrap resamples items with all their seeds together (seeds share items, so
   (seed, item) pairs are not independent); McNemar counts every (seed, item) pair
@@ -35,14 +38,21 @@ from scipy import stats as sps
 CONFIDENCE = 0.95
 REPS = 2000
 SEED = 0
+MIN_STRATUM = 10   # fewer items in a sub-task: resample all items as one weighted set
 
 WILSON = "Wilson score interval"
-STRATIFIED = (f"stratified bootstrap ({REPS:,} resamples of items within each sub-task, seed {SEED}), "
-              "percentile interval of the unweighted mean over sub-tasks")
-SEEDS_POOLED = (f"bootstrap over items ({REPS:,} resamples within each sub-task, seed {SEED}; each item keeps "
-                "all its seeds), percentile interval of the mean over seeds and sub-tasks")
-PAIRED = (f"paired bootstrap ({REPS:,} resamples of items within each sub-task, seed {SEED}) of the difference "
-          "of sub-task means; exact McNemar test (two-sided binomial test of the discordant pairs)")
+_WITHIN = f"{REPS:,} resamples of items within each sub-task, seed {SEED}"
+_ACROSS = (f"{REPS:,} resamples of all items as one set, seed {SEED}, each weighted 1 / (sub-tasks × items of its "
+           f"sub-task): a sub-task has fewer than {MIN_STRATUM} items")
+STRATIFIED = f"stratified bootstrap ({_WITHIN}), percentile interval of the unweighted mean over sub-tasks"
+UNSTRATIFIED = f"bootstrap ({_ACROSS}), percentile interval of the unweighted mean over sub-tasks"
+SEEDS_POOLED = (f"bootstrap over items ({_WITHIN}; each item keeps all its seeds), percentile interval of the mean "
+                "over seeds and sub-tasks")
+SEEDS_UNSTRATIFIED = (f"bootstrap over items ({_ACROSS}; each item keeps all its seeds), percentile interval of "
+                      "the mean over seeds and sub-tasks")
+_MCNEMAR = "exact McNemar test (two-sided binomial test of the discordant pairs)"
+PAIRED = f"paired bootstrap ({_WITHIN}) of the difference of sub-task means; {_MCNEMAR}"
+PAIRED_UNSTRATIFIED = f"paired bootstrap ({_ACROSS}) of the difference of sub-task means; {_MCNEMAR}"
 SPEARMAN = f"bootstrap over items ({REPS:,} resamples, seed {SEED}), percentile interval of Spearman rho"
 MOVER = "MOVER (Newcombe's square-and-add of the two intervals; independent samples, conservative)"
 
@@ -111,6 +121,19 @@ def stratified_bootstrap(values_by_stratum: dict[str, np.ndarray], reps: int = R
   return total / max(1, len(strata))
 
 
+def resampling_strata(values_by_subtask: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+  """The strata to resample within, and whether they are the sub-tasks. If a sub-task has fewer than
+  MIN_STRATUM items, one stratum of all items, item i of sub-task k scaled by N / (K n_k): the mean over all
+  N items is then the unweighted mean over the K sub-tasks, in the data and in every resample's expectation."""
+  arrays = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in values_by_subtask.items()}
+  arrays = {k: v for k, v in arrays.items() if v.size}
+  if len(arrays) <= 1 or min(v.size for v in arrays.values()) >= MIN_STRATUM:
+    return arrays, True
+  n_all = sum(v.size for v in arrays.values())
+  scaled = [v * n_all / (len(arrays) * v.size) for _, v in sorted(arrays.items())]
+  return {"all items": np.concatenate(scaled)}, False
+
+
 def _as_seeds(a) -> np.ndarray:
   """Per-item correctness as a (seeds, items) array of 0/1."""
   a = np.asarray(a, dtype=np.float64)
@@ -142,8 +165,11 @@ def accuracy(correct_by_subtask: dict[str, np.ndarray], confidence: float = CONF
     return out
   if n_seeds == 1:
     out["correct"] = int(sum(a.sum() for a in arrays.values()))
-  boot = stratified_bootstrap({k: a.mean(0) for k, a in arrays.items()}, reps, seed)
-  out.update(interval=list(percentile(boot, confidence)), interval_method=STRATIFIED if n_seeds == 1 else SEEDS_POOLED)
+  strata, within = resampling_strata({k: a.mean(0) for k, a in arrays.items()})
+  boot = stratified_bootstrap(strata, reps, seed)
+  method = {(True, True): STRATIFIED, (True, False): UNSTRATIFIED, (False, True): SEEDS_POOLED,
+            (False, False): SEEDS_UNSTRATIFIED}[(n_seeds == 1, within)]
+  out.update(interval=list(percentile(boot, confidence)), interval_method=method)
   return out
 
 
@@ -175,10 +201,11 @@ def paired_effect(model_by_subtask: dict[str, np.ndarray], base_by_subtask: dict
   if not keys:
     return {"difference": None, "interval": None, "p_mcnemar": None, "items": 0}
   difference = float(np.mean([d.mean() for d in diffs.values()]))
-  lo, hi = percentile(stratified_bootstrap(diffs, reps, seed), confidence)
+  strata, within = resampling_strata(diffs)
+  lo, hi = percentile(stratified_bootstrap(strata, reps, seed), confidence)
   return {"difference": difference, "interval": [lo, hi], "p_mcnemar": mcnemar_exact(model_only, base_only),
           "model_only": model_only, "base_only": base_only, "items": items, "seeds": n_seeds,
-          "excludes_zero": bool(lo > 0 or hi < 0), "method": PAIRED}
+          "excludes_zero": bool(lo > 0 or hi < 0), "method": PAIRED if within else PAIRED_UNSTRATIFIED}
 
 
 def bootstrap_spearman(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE, reps: int = REPS,
