@@ -153,20 +153,26 @@ def results_table(root: pathlib.Path, stages: list[str]) -> list[dict]:
           if all(ci):
             row["effect_study_interval"][t] = list(stats.mover_difference(study[t], ci[0], base_study[t], ci[1]))
     if len(runs) > 1:
-      row["per_seed"] = []
-      for (s, r), p in zip(runs, preds or [None] * len(runs)):
-        rec = books.read_record(root / s) or {}
-        one = {"stage": s, "seed": (rec.get("config") or {}).get("seed"),
-               "ours": {t: eval_report.task_value(r["tasks"][t]) for t in row["ours"]}, "effect_test": {}}
-        if group != "pretrain":
-          one["effect_ours"] = {t: one["ours"][t] - base_ours[t] for t in row["effect_ours"]}
-          for t in row["effect_ours"]:
-            e = _scaled_effect(uncertainty.effect([p], base_preds, t)) if p is not None and base_preds else None
-            if e:
-              one["effect_test"][t] = e
-        row["per_seed"].append(one)
+      row["per_seed"] = seed_rows(root, row, runs, preds, base_ours, base_preds)
     rows.append(row)
   return rows
+
+
+def seed_rows(root: pathlib.Path, row: dict, runs: list[tuple[str, dict]], preds: list | None, base_ours: dict,
+              base_preds: list | None) -> list[dict]:
+  """Each seed run of a row: its config seed, accuracy and effect with its own paired test."""
+  out = []
+  for (s, r), p in zip(runs, preds or [None] * len(runs)):
+    one = {"stage": s, "seed": ((books.read_record(root / s) or {}).get("config") or {}).get("seed"),
+           "ours": {t: eval_report.task_value(r["tasks"][t]) for t in row["ours"]},
+           "effect_ours": {t: eval_report.task_value(r["tasks"][t]) - base_ours[t] for t in row["effect_ours"]},
+           "effect_test": {}}
+    for t in row["effect_ours"]:
+      e = _scaled_effect(uncertainty.effect([p], base_preds, t)) if p is not None and base_preds else None
+      if e:
+        one["effect_test"][t] = e
+    out.append(one)
+  return out
 
 
 def _f(x, sign=False) -> str:

@@ -86,7 +86,7 @@ def plan(config, root: pathlib.Path) -> dict[str, Stage]:
   stages: dict[str, Stage] = {}
 
   def add(stage: Stage):
-    if config.seeds == 1 or not stage.name.startswith(books.SEEDED):
+    if config.get("seeds", 1) == 1 or not stage.name.startswith(books.SEEDED):
       stages[stage.name] = stage
       return
     for k in range(config.seeds):
