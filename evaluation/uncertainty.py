@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 
 from evaluation import stats
+from llamalogue.errors import DataError
 
 NO_INTERVAL = "none: a regression's R² gain, no interval computed"
 
@@ -22,12 +23,19 @@ def subtask_of(pred: dict) -> str:
 
 
 def read_predictions(path: pathlib.Path) -> list[dict] | None:
-  """The rows of a predictions.jsonl, or None if there is none."""
+  """The rows of a predictions.jsonl, or None if there is none; a malformed line is a DataError naming it."""
   try:
     text = pathlib.Path(path).read_text(encoding="utf-8")
   except OSError:
     return None
-  return [json.loads(line) for line in text.splitlines() if line.strip()]
+  rows = []
+  for n, line in enumerate(text.splitlines(), 1):
+    if line.strip():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{n}: malformed predictions line ({e.msg})") from None
+  return rows
 
 
 def correct_by_subtask(preds: list[dict], task: str) -> dict[str, dict[str, bool]]:

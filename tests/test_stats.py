@@ -179,3 +179,12 @@ def test_weighted_bootstrap_of_tiny_subtasks_is_not_too_narrow():
     iv = stats.accuracy({f"s{i}": rng.random(5) < p for i, p in enumerate(ps)}, reps=1000, seed=rep)["interval"]
     hits += iv[0] <= np.mean(ps) <= iv[1]
   assert 0.90 <= hits / 300 <= 1.0, hits
+
+
+def test_malformed_predictions_line_names_the_file_and_line(tmp_path):
+  from llamalogue.errors import DataError
+  f = tmp_path / "predictions.jsonl"
+  f.write_text('{"task": "x", "uid": "x/a/0", "correct": true}\n{"task": \n')
+  with pytest.raises(DataError, match=r"predictions.jsonl:2: malformed predictions line"):
+    uncertainty.read_predictions(f)
+  assert uncertainty.read_predictions(tmp_path / "missing.jsonl") is None
