@@ -160,7 +160,8 @@ def effect_cell(e: dict | None, fallback: float | None = None, digits: int = 1) 
 
 
 EFFECT_NOTE = ("Δ: model − base on the same items, with the paired-bootstrap 95% interval of the difference "
-               "(items resampled within sub-tasks) and the exact McNemar p-value; ✱: the interval excludes 0.")
+               "(items resampled within sub-tasks, or across them when one has fewer than "
+               f"{stats.MIN_STRATUM}) and the exact McNemar p-value; ✱: the interval excludes 0.")
 
 
 def task_value(res: dict) -> float | None:

@@ -151,6 +151,10 @@ def test_study_item_counts_are_what_its_published_fractions_imply():
       assert abs(v * n - round(v * n)) < 1e-6, (name, v, n)
   assert report.STUDY_ITEMS == {"dialogue_word": 7_548, "dialogue_token": 7_520, "zorro": 46_000,
                                 "lexical_decision": 4_311}
+  if (paths.data_root() / "eval" / "zorro").is_dir():   # and they are the sizes of the sets we score
+    from evaluation import tasks
+    for name in ("dialogue_word", "dialogue_token", "zorro"):
+      assert len(tasks.load(name).items) == report.STUDY_ITEMS[name], name
 
 
 def test_tiny_subtasks_are_resampled_as_one_weighted_set():
