@@ -15,8 +15,12 @@ Each stage's settings are those of its own config file, held here under its name
 overridable per stage: `--config.dpo_natural.train.epochs=3`, `--config.ppo_bleu.ppo.learning_rate=1e-5`;
 the data settings are `--config.pretrain.data.*`. Kill it anywhere and rerun: finished stages
 are skipped, the interrupted one resumes from its checkpoint (study/run.py).
+`--config.seeds=3` runs every fine-tuning stage (dpo_*, ppo_*; not pre-training, not the sweep)
+with 3 seeds, DIR/<stage>/seed_<k> with the stage's `seed` + k (k = 0, 1, 2), each its own
+fingerprinted, resumable run; the report shows mean ± sd, each seed, and tests pooled over seeds.
 Produces DIR/REPORT.md (the study's table with ours beside it, the trajectory, DPO and PPO
-curves beside the study's, per-stage wall time, hardware, versions), DIR/results.json and
+curves beside the study's, per-stage wall time, hardware, versions; every accuracy with its item
+count and 95% interval, every fine-tuning effect with its paired test), DIR/results.json and
 DIR/figures/*.png.
 """
 
@@ -38,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stages = "all"                 # all, or comma-separated stage names (their inputs must be finished)
   c.synthetic = "teacher"          # teacher: synthetic pairs from configs/synthetic_pairs.py | released: the study's file
   c.ppo_prompts = ""               # mother turns for every PPO stage: "" = held-out split B of DIR/prepare/data
+  c.seeds = 1                      # > 1: each dpo_*/ppo_* stage once per seed k in DIR/<stage>/seed_<k>, seed + k
 
   c.pretrain = pretrain.get_config(arg)
   c.trajectory = evaluate.get_config(arg)

@@ -1,4 +1,5 @@
-"""The study's published numbers, Markdown tables and learning-curve plots."""
+"""The study's published numbers (with the intervals their item counts imply), Markdown tables and
+learning-curve plots. Intervals and tests come from evaluation/stats.py via evaluation/uncertainty.py."""
 
 import csv
 import json
@@ -7,6 +8,7 @@ import os
 import pathlib
 import re
 
+from evaluation import stats
 from llamalogue import paths
 
 # STUDY.md §7 (accuracy, %): final models of the study.
@@ -29,6 +31,17 @@ OTHER_REFERENCES = {
     "entity_tracking": (18.9, "BabyLM 2025 GPT-2 small baseline"),
 }
 REFERENCE_DIR = "communicative_baby/reference_results"
+
+# Item counts behind the study's numbers, for their intervals (Wilson at k = round(value × n); the
+# published values are rounded to 0.1, which moves k by at most n/2000).
+STUDY_ITEMS = {"dialogue_word": 7_548, "dialogue_token": 7_520, "zorro": 46_000, "lexical_decision": 4_311}
+STUDY_ITEMS_NOTE = (
+    "the study's numbers: Wilson intervals at the item counts of its sets: dialogue MP 7,548 word- and 7,520 "
+    "token-matched pairs (the released evaluation pairs); Zorro 46,000 (23 paradigms × 2,000; equal sub-tasks, so "
+    "the sub-task mean is the item mean, and Wilson over all items is slightly wider than a stratified interval); "
+    "lexical decision 4,311, inferred (the study does not state it): every lexical-decision accuracy in its "
+    "reference_results/ppo_lexical_decision_results.csv is an exact multiple of 1/4,311. Other published numbers "
+    "(the study's BLiMP script, BabyLM baselines): item counts not published, no interval")
 
 
 # ---------------------------------------------------------------------------- reference files
@@ -75,6 +88,14 @@ def reference_zorro_paradigms(model: str = "llamalogue-main") -> dict[str, float
   return {}
 
 
+def published_interval(task: str, value: float | None) -> list[float] | None:
+  """95% Wilson interval (%) of one of the study's accuracies (%) at the item count of its set."""
+  n = STUDY_ITEMS.get(task)
+  if value is None or n is None:
+    return None
+  return [100 * x for x in stats.wilson(round(value / 100 * n), n)]
+
+
 def reference_for(task: str, model: str = "llamalogue") -> tuple[float | None, str]:
   """The published number (%) to put beside our result for `task`, and where it comes from."""
   if task in STUDY_TABLE.get(model, {}):
@@ -113,6 +134,36 @@ def fmt(x, digits: int = 1) -> str:
   return f"{x:.{digits}f}"
 
 
+def fmt_ci(ci, digits: int = 1, sign: bool = False) -> str:
+  """`[56.3, 58.5]` (values already in the unit shown); `–` for no interval."""
+  if not ci or any(x is None or math.isnan(x) for x in ci):
+    return "–"
+  f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+  return f"[{f.format(ci[0])}, {f.format(ci[1])}]"
+
+
+def fmt_p(p) -> str:
+  """A p-value: three decimals, or two significant digits below 0.001."""
+  if p is None:
+    return "–"
+  return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def effect_cell(e: dict | None, fallback: float | None = None, digits: int = 1) -> str:
+  """`+2.0 [+0.9, +3.1] p 0.001 ✱` from a paired test (stats.paired_effect, proportions); ✱ marks an
+  interval that excludes 0. Without a test, the bare difference `fallback` (points)."""
+  if not e or e.get("difference") is None:
+    return "–" if fallback is None else f"{fallback:+.{digits}f}"
+  ci = [100 * x for x in e["interval"]]
+  return (f"{100 * e['difference']:+.{digits}f} {fmt_ci(ci, digits, True)} p {fmt_p(e['p_mcnemar'])}"
+          + (" ✱" if e["excludes_zero"] else ""))
+
+
+EFFECT_NOTE = ("Δ: model − base on the same items, with the paired-bootstrap 95% interval of the difference "
+               "(items resampled within sub-tasks, or across them when one has fewer than "
+               f"{stats.MIN_STRATUM}) and the exact McNemar p-value; ✱: the interval excludes 0.")
+
+
 def task_value(res: dict) -> float | None:
   """The headline number of a task result: accuracy in %, rho, or the reading score."""
   if res.get("score") is None:
@@ -120,8 +171,25 @@ def task_value(res: dict) -> float | None:
   return 100 * res["score"] if res["kind"] == "choice" else res["score"]
 
 
+def task_interval(res: dict) -> list[float] | None:
+  """The 95% interval of a task result in the unit of task_value (None if it has none)."""
+  ci = res.get("interval")
+  if not ci:
+    return None
+  return [100 * x for x in ci] if res["kind"] == "choice" else list(ci)
+
+
+def interval_methods(results: dict) -> list[str]:
+  """`task, task: method` lines, one per distinct interval method of a results.json."""
+  by: dict[str, list[str]] = {}
+  for name, res in results["tasks"].items():
+    by.setdefault(res.get("interval_method") or "no interval recorded", []).append(name)
+  return [f"{', '.join(names)}: {method}" for method, names in by.items()]
+
+
 def results_markdown(results: dict) -> str:
-  """results.md: one row per benchmark beside the published numbers, then sub-tasks."""
+  """results.md: one row per benchmark with its items and 95% interval, beside the published numbers
+  (with theirs), then sub-tasks."""
   s = results["scoring"]
   ref_model = results.get("reference_model", "llamalogue")
   lines = [f"# Evaluation of `{results['checkpoint']}`", "",
@@ -129,17 +197,22 @@ def results_markdown(results: dict) -> str:
            f"- convention: **{s['convention']}** (sum of log-probabilities, bow_correction={s['bow_correction']}, "
            f"first token unscored, BOS added: {s['bos_added']}; pair correct iff strictly higher)",
            f"- max items per task: {results['max_items_per_task'] or 'all'}; lower-case: {results['lowercase']}",
-           f"- wall time: {results['seconds']:.0f} s", "",
-           f"| task | benchmark | items | ours | published | published by |",
-           "|---|---|---|---|---|---|"]
+           f"- wall time: {results['seconds']:.0f} s",
+           "- 95% intervals: " + "; ".join(interval_methods(results)),
+           f"- published: {STUDY_ITEMS_NOTE}", "",
+           "| task | benchmark | items | ours | 95% interval | published | published 95% interval | published by |",
+           "|---|---|---|---|---|---|---|---|"]
   for name, res in results["tasks"].items():
     ref, by = reference_for(name, ref_model)
     metric = {"choice": "%", "correlation": "ρ", "regression": "ΔR² %"}[res["kind"]]
+    digits = 1 if res["kind"] != "correlation" else 3
     lines.append(f"| {name} | {res['benchmark']} ({metric}) | {res.get('items', res.get('rows'))} | "
-                 f"{fmt(task_value(res), 1 if res['kind'] != 'correlation' else 3)} | {fmt(ref)} | {by} |")
+                 f"{fmt(task_value(res), digits)} | {fmt_ci(task_interval(res), digits)} | {fmt(ref)} | "
+                 f"{fmt_ci(published_interval(name, ref))} | {by} |")
   for name in results.get("skipped", {}):
     ref, by = reference_for(name, ref_model)
-    lines.append(f"| {name} | not run (see below) | – | – | {fmt(ref)} | {by} |")
+    lines.append(f"| {name} | not run (see below) | – | – | – | {fmt(ref)} | {fmt_ci(published_interval(name, ref))} "
+                 f"| {by} |")
   if results.get("skipped"):
     lines += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
   for name, res in results["tasks"].items():
@@ -147,13 +220,16 @@ def results_markdown(results: dict) -> str:
     if len(subs) <= 1:
       continue
     ref_subs = reference_zorro_paradigms() if name == "zorro" and ref_model == "llamalogue" else {}
+    head = "| sub-task | items | ours | 95% interval (Wilson) |"
     lines += ["", f"## {res['benchmark']} per sub-task", "",
-              "| sub-task | items | ours | published |" if ref_subs else "| sub-task | items | ours |",
-              "|---|---|---|---|" if ref_subs else "|---|---|---|"]
+              head + (" published |" if ref_subs else ""), "|---|---|---|---|" + ("---|" if ref_subs else "")]
     for sub, v in subs.items():
-      val = fmt(100 * v["accuracy"]) if isinstance(v, dict) else fmt(v, 2)
-      n = v["items"] if isinstance(v, dict) else ""
-      row = f"| {sub} | {n} | {val} |"
+      if isinstance(v, dict):
+        val, n = fmt(100 * v["accuracy"]), v["items"]
+        ci = fmt_ci([100 * x for x in v["interval"]]) if v.get("interval") else "–"
+      else:
+        val, n, ci = fmt(v, 2), "", "–"
+      row = f"| {sub} | {n} | {val} | {ci} |"
       lines.append(row + (f" {fmt(ref_subs.get(sub))} |" if ref_subs else ""))
   return "\n".join(lines) + "\n"
 
@@ -161,24 +237,45 @@ def results_markdown(results: dict) -> str:
 TRAJ_TASKS = ("dialogue_word", "dialogue_token", "zorro")
 
 
-def trajectory_markdown(rows: list[dict], task_names: list[str], compare: list[dict] = ()) -> str:
-  """Accuracy per milestone beside the study's trajectory; fine-tuned runs with Δ to the base."""
+def _digits(task: str) -> int:
+  return 3 if task == "wug" else 1
+
+
+def value_cell(value, interval, digits: int = 1) -> str:
+  """`57.4 [56.3, 58.5]`, or the value alone without an interval."""
+  if value is None:
+    return "–"
+  return fmt(value, digits) + (f" {fmt_ci(interval, digits)}" if interval else "")
+
+
+def trajectory_markdown(rows: list[dict], task_names: list[str], compare: list[dict] = (),
+                        effects: dict[str, dict] | None = None) -> str:
+  """Accuracy per milestone (95% interval, items in the header) beside the study's trajectory (its
+  intervals from its item counts); fine-tuned runs with Δ to the base and its paired test
+  (`effects`: checkpoint -> task -> stats.paired_effect)."""
   ref = reference_trajectory()
+  effects = effects or {}
+  items = {t: r.get("items", {}).get(t) for r in [*rows, *compare][:1] for t in task_names}
+
+  def name(t):
+    return f"{t} (n {items[t]:,})" if items.get(t) else t
   head = ["checkpoint", "words"]
   for t in task_names:
-    head += [t] + (["study"] if any(t in r for r in ref.values()) else [])
+    head += [name(t)] + ([f"study (n {STUDY_ITEMS[t]:,})" if t in STUDY_ITEMS else "study"]
+                         if any(t in r for r in ref.values()) else [])
   lines = ["# Learning trajectory", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     cells = [r["checkpoint"], f"{r['words']:,}" if r.get("words") else "–"]
     for t in task_names:
-      cells.append(fmt(r["values"].get(t), 1 if t != "wug" else 3))
+      cells.append(value_cell(r["values"].get(t), r.get("intervals", {}).get(t), _digits(t)))
       if any(t in x for x in ref.values()):
-        cells.append(fmt(ref.get(r.get("words") or -1, {}).get(t)))
+        v = ref.get(r.get("words") or -1, {}).get(t)
+        cells.append(value_cell(v, published_interval(t, v)))
     lines.append("| " + " | ".join(cells) + " |")
   if compare:
     base = rows[-1] if rows else None
     lines += ["", "## Fine-tuned runs against their base", "",
-              "| run | " + " | ".join(f"{t} | Δ" for t in task_names) + " |",
+              "| run | " + " | ".join(f"{name(t)} | Δ" for t in task_names) + " |",
               "|" + "---|" * (1 + 2 * len(task_names))]
     for c in [base, *compare] if base else compare:
       cells = [c["checkpoint"]]
@@ -186,13 +283,21 @@ def trajectory_markdown(rows: list[dict], task_names: list[str], compare: list[d
         v = c["values"].get(t)
         b = base["values"].get(t) if base else None
         d = None if v is None or b is None or c is base else v - b
-        cells += [fmt(v, 1 if t != "wug" else 3), fmt(d, 1 if t != "wug" else 3)]
+        e = None if c is base else effects.get(c["checkpoint"], {}).get(t)
+        cells += [value_cell(v, c.get("intervals", {}).get(t), _digits(t)),
+                  "–" if d is None and not e else effect_cell(e, d, _digits(t))]
       lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", EFFECT_NOTE]
+  methods = sorted({m for r in [*rows, *compare] for m in r.get("interval_methods", {}).values() if m})
+  shows_study = any(t in x for t in task_names for x in ref.values())
+  if methods:
+    lines += ["", "95% intervals: " + "; ".join(methods) + "." + (f" Study: {STUDY_ITEMS_NOTE}." if shows_study else "")]
   return "\n".join(lines) + "\n"
 
 
 def plot_trajectory(rows: list[dict], task_names: list[str], out: pathlib.Path) -> None:
-  """Accuracy against words seen (log x), ours solid, the study's dashed, like the study's curves."""
+  """Accuracy against words seen (log x), ours solid, the study's dashed, like the study's curves; shaded
+  bands are the 95% intervals (ours from each row's `intervals`, the study's from its item counts)."""
   import matplotlib  # matplotlib: only when a figure is drawn
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -201,15 +306,24 @@ def plot_trajectory(rows: list[dict], task_names: list[str], out: pathlib.Path) 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for i, t in enumerate(names):
     color = f"C{i}"
-    pts = [(r["words"], r["values"][t]) for r in rows if r.get("words") and r["values"].get(t) is not None]
+    pts = [(r["words"], r["values"][t], r.get("intervals", {}).get(t)) for r in rows
+           if r.get("words") and r["values"].get(t) is not None]
     if pts:
-      ax.plot(*zip(*pts), "o-", color=color, label=f"{t} (ours)")
-    rpts = [(w, v[t]) for w, v in ref.items() if t in v]
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=f"{t} (ours)")
+      band = [p for p in pts if p[2]]
+      if band:
+        ax.fill_between([p[0] for p in band], [p[2][0] for p in band], [p[2][1] for p in band], color=color,
+                        alpha=0.2, lw=0)
+    rpts = [(w, v[t], published_interval(t, v[t])) for w, v in ref.items() if t in v]
     if rpts:
-      ax.plot(*zip(*rpts), "s--", color=color, alpha=0.6, label=f"{t} (study)")
+      ax.plot([p[0] for p in rpts], [p[1] for p in rpts], "s--", color=color, alpha=0.6, label=f"{t} (study)")
+      band = [p for p in rpts if p[2]]
+      if band:
+        ax.fill_between([p[0] for p in band], [p[2][0] for p in band], [p[2][1] for p in band], color=color,
+                        alpha=0.1, lw=0, hatch="//")
   ax.set_xscale("log")
   ax.set_xlabel("words seen")
-  ax.set_ylabel("accuracy (%)")
+  ax.set_ylabel("accuracy (%), 95% interval shaded")
   ax.axhline(50, color="grey", lw=0.8, ls=":")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)

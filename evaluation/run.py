@@ -4,7 +4,9 @@
 
 writes DIR/eval/<checkpoint-name>/{results.json, predictions.jsonl, results.md};
 with `config.trajectory=True` (X = a pre-training workdir) one such folder per
-milestone checkpoint plus DIR/eval/<run-name>/trajectory.{json,md,png}.
+milestone checkpoint plus DIR/eval/<run-name>/trajectory.{json,md,png}. Every accuracy
+carries its item count and 95% interval, every comparison (`config.compare_to`) a paired
+test per task (evaluation/uncertainty.py).
 """
 
 import json
@@ -21,6 +23,7 @@ from evaluation import report
 from evaluation import resume
 from evaluation import scoring
 from evaluation import tasks as tasks_lib
+from evaluation import uncertainty
 from llamalogue import distributed, faults, hf, paths, progress
 from llamalogue.checkpoint import checkpoint_name, find_milestones, run_root
 from llamalogue.errors import ConfigError
@@ -121,19 +124,20 @@ def evaluate_task(scorer: scoring.Scorer, task: tasks_lib.Task) -> tuple[dict, l
     result.update(subtasks={task.items[0].subtask: rho} if task.items else {}, score=rho,
                   metric="Spearman rho of P(first) with the human ratio")
     for it, sc, p in zip(task.items, per_item, probs):
-      preds.append({"task": task.name, "uid": it.uid, "scores": sc.tolist(), "prob_first": float(p),
-                    "ratio": it.ratio})
-    return result, preds
+      preds.append({"task": task.name, "uid": it.uid, "subtask": it.subtask, "scores": sc.tolist(),
+                    "prob_first": float(p), "ratio": it.ratio})
+    return uncertainty.attach(result, preds), preds
   subs: dict[str, list[bool]] = {}
   for it, sc in zip(task.items, per_item):
     ok = bool(scoring.choice_correct(sc[None, :], it.label)[0])
     subs.setdefault(it.subtask, []).append(ok)
-    preds.append({"task": task.name, "uid": it.uid, "scores": sc.tolist(), "label": it.label, "correct": ok})
+    preds.append({"task": task.name, "uid": it.uid, "subtask": it.subtask, "scores": sc.tolist(),
+                  "label": it.label, "correct": ok})
   result["subtasks"] = {k: {"accuracy": float(np.mean(v)), "items": len(v)} for k, v in subs.items()}
   result["score"] = float(np.mean([v["accuracy"] for v in result["subtasks"].values()])) if subs else None
   result["accuracy_over_items"] = float(np.mean([p["correct"] for p in preds])) if preds else None
   result["metric"] = "accuracy, unweighted mean over sub-tasks"
-  return result, preds
+  return uncertainty.attach(result, preds), preds
 
 
 def evaluate_reading(scorer: scoring.Scorer, max_rows: int) -> tuple[dict, list[dict]]:
@@ -155,7 +159,7 @@ def _reading(scorer: scoring.Scorer, max_rows: int) -> tuple[dict, list[dict]]:
   finally:
     bar.close()
   preds = [{"task": "reading", **p} for p in res.pop("predictions")]
-  return res, preds
+  return uncertainty.attach(res, preds), preds
 
 
 def load_scorer(init_from: str, config) -> tuple[scoring.Scorer, dict]:
@@ -186,7 +190,7 @@ def evaluate_checkpoint(init_from: str, out_dir: pathlib.Path, config, settings:
     old = json.loads(previous.read_text())
     if old.get("settings") == settings and old.get("init_from") == str(init_from):
       print(f"evaluate: {out_dir.name}: reusing {previous} (same settings)")
-      return old
+      return _with_intervals(old, out_dir)
   task_list = load_tasks(settings)
   start = time.time()
   scorer, model_info = load_scorer(str(init_from), config)
@@ -222,9 +226,35 @@ def evaluate_checkpoint(init_from: str, out_dir: pathlib.Path, config, settings:
   return results
 
 
+def _with_intervals(results: dict, out_dir: pathlib.Path) -> dict:
+  """Results written before intervals existed get them from their predictions.jsonl (rewritten in place)."""
+  if not uncertainty.needs_intervals(results):
+    return results
+  preds = uncertainty.read_predictions(out_dir / "predictions.jsonl")
+  if preds is None:
+    return results
+  uncertainty.attach_all(results, preds)
+  report.atomic_write(out_dir / "results.md", report.results_markdown(results))
+  report.write_json(out_dir / "results.json", results)
+  return results
+
+
 def summary_row(results: dict) -> dict:
+  """A checkpoint's headline numbers with their item counts and 95% intervals (trajectory / comparison rows)."""
+  tasks = results["tasks"].items()
   return {"checkpoint": results["checkpoint"], "words": results.get("words"),
-          "values": {n: report.task_value(r) for n, r in results["tasks"].items()}}
+          "values": {n: report.task_value(r) for n, r in tasks},
+          "intervals": {n: report.task_interval(r) for n, r in tasks if report.task_interval(r)},
+          "items": {n: r.get("items", r.get("rows")) for n, r in tasks},
+          "interval_methods": {n: r.get("interval_method") for n, r in tasks}}
+
+
+def paired_effects(model_dir: pathlib.Path, base_dir: pathlib.Path, tasks) -> dict[str, dict]:
+  """task -> paired test of the model in `model_dir` against the base in `base_dir` (their predictions)."""
+  model, base = (uncertainty.read_predictions(d / "predictions.jsonl") for d in (model_dir, base_dir))
+  if model is None or base is None:
+    return {}
+  return uncertainty.effects([model], base, tasks)
 
 
 # ---------------------------------------------------------------------------- modes
@@ -242,24 +272,34 @@ def run(config, workdir: str) -> None:
   compare = [evaluate_checkpoint(c, eval_root / checkpoint_name(c), config, settings)
              for c in compare_list(config)]
   if not config.get("trajectory", False):
-    base = evaluate_checkpoint(config.init_from, eval_root / checkpoint_name(config.init_from), config, settings)
+    base_dir = eval_root / checkpoint_name(config.init_from)
+    base = evaluate_checkpoint(config.init_from, base_dir, config, settings)
     if compare and distributed.is_lead():
-      rows = [summary_row(base)]
-      md = report.trajectory_markdown(rows, settings["tasks"], [summary_row(c) for c in compare])
+      effects = {c["checkpoint"]: paired_effects(eval_root / c["checkpoint"], base_dir, settings["tasks"])
+                 for c in compare}
+      md = report.trajectory_markdown([summary_row(base)], settings["tasks"], [summary_row(c) for c in compare],
+                                      effects)
       report.atomic_write(eval_root / "comparison.md", md.replace("# Learning trajectory", "# Comparison"))
+      report.write_json(eval_root / "comparison.json", {"settings": settings, "base": summary_row(base),
+                                                        "compare": [summary_row(c) for c in compare],
+                                                        "effects": effects})
     return
   run_dir = run_root(pathlib.Path(config.init_from))
   out = eval_root / run_dir.name
-  rows = []
+  rows, last = [], None
   for words, ckpt in find_milestones(str(run_dir)):
     res = evaluate_checkpoint(str(ckpt), out / ckpt.name, config, settings, words)
     rows.append(summary_row(res))
+    last = out / ckpt.name
   compare_rows = [summary_row(c) for c in compare]
   if not distributed.is_lead():
     return
+  effects = {c["checkpoint"]: paired_effects(eval_root / c["checkpoint"], last, settings["tasks"])
+             for c in compare} if last else {}
   report.write_json(out / "trajectory.json", {"settings": settings, "rows": rows, "compare": compare_rows,
-                                              "reference": report.reference_trajectory()})
-  report.atomic_write(out / "trajectory.md", report.trajectory_markdown(rows, settings["tasks"], compare_rows))
+                                              "effects": effects, "reference": report.reference_trajectory()})
+  report.atomic_write(out / "trajectory.md",
+                      report.trajectory_markdown(rows, settings["tasks"], compare_rows, effects))
   plot_tasks = [t for t in report.TRAJ_TASKS if t in settings["tasks"]] or settings["tasks"][:3]
   report.plot_trajectory(rows, plot_tasks, out / "trajectory.png")
   print(f"evaluate: trajectory of {len(rows)} checkpoints -> {out / 'trajectory.md'}")

@@ -17,6 +17,14 @@ from, the teacher replies, the synthetic pairs) and keeps the books:
   results written with the same settings, and results older than the model they score
   are dropped first, so a retrained model is scored again.
 * The report (study/report.py) is rebuilt at the end of every invocation from what exists.
+* `config.seeds=N > 1`: every fine-tuning stage (dpo_*, ppo_*; not pre-training, not the sweep)
+  runs once per seed k = 0..N-1 as the stage `<stage>/seed_<k>` in DIR/<stage>/seed_<k>, with
+  that stage's config `seed` + k (DPO: data order; PPO: prompt order, sampling, value-head
+  init and dropout), each with its own STAGE.json: fingerprinted, skipped and resumed alone.
+  `config.stages=dpo_natural` selects all its seeds, `dpo_natural/seed_1` one. N = 1 is the
+  layout without seeds (DIR/<stage>).
+
+Imports run one way: study/run.py -> study/report.py -> study/books.py (the STAGE.json books).
 """
 
 import dataclasses
@@ -31,10 +39,12 @@ import ml_collections
 
 from llamalogue import distributed, faults
 from llamalogue.errors import ConfigError, LlamalogueError
+from study import books
+from study import report
+from study.books import STAGE_FILE, is_done, read_record, write_record  # noqa: F401  (the books' API here too)
 
 PPO_REWARDS = ("bleu", "semsim", "llm_score", "confidence")
 REPLY_REWARDS = ("bleu", "semsim", "confidence")   # rewards that read the teacher's replies
-STAGE_FILE = "STAGE.json"
 
 
 @dataclasses.dataclass
@@ -77,7 +87,12 @@ def plan(config, root: pathlib.Path) -> dict[str, Stage]:
   stages: dict[str, Stage] = {}
 
   def add(stage: Stage):
-    stages[stage.name] = stage
+    if config.get("seeds", 1) == 1 or not stage.name.startswith(books.SEEDED):
+      stages[stage.name] = stage
+      return
+    for k in range(config.seeds):
+      name = books.seed_stage(stage.name, k)
+      stages[name] = dataclasses.replace(stage, name=name, build=lambda b=stage.build, k=k: with_seed(b(), k))
 
   def prepare_cfg(**data_overrides):
     c = ml_collections.ConfigDict({"mode": "prepare", "seed": config.pretrain.seed})
@@ -170,6 +185,12 @@ def plan(config, root: pathlib.Path) -> dict[str, Stage]:
   return stages
 
 
+def with_seed(cfg: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+  """Seed run k of a stage: its config's `seed` + k."""
+  cfg.seed = cfg.seed + k
+  return cfg
+
+
 def synthetic_pairs_file(stage_dir: pathlib.Path) -> pathlib.Path:
   found = sorted(stage_dir.glob("synthetic_pairs.json*"))
   if not found:
@@ -213,26 +234,6 @@ def fingerprint(cfg_json: dict, upstream: dict[str, str]) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def read_record(stage_dir: pathlib.Path) -> dict | None:
-  try:
-    return json.loads((stage_dir / STAGE_FILE).read_text())
-  except (OSError, ValueError):
-    return None
-
-
-def is_done(stage_dir: pathlib.Path) -> bool:
-  rec = read_record(stage_dir)
-  return bool(rec and rec.get("status") == "done")
-
-
-def write_record(stage_dir: pathlib.Path, rec: dict) -> None:
-  from llamalogue.paths import atomic_write
-  if not distributed.is_lead():   # every process keeps the same books; process 0 writes them
-    return
-  stage_dir.mkdir(parents=True, exist_ok=True)
-  atomic_write(stage_dir / STAGE_FILE, json.dumps(rec, indent=1, default=str) + "\n")
-
-
 def changed_keys(old: dict, new: dict, limit: int = 3) -> str:
   a, b = _flat(old), _flat(new)
   diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -250,7 +251,7 @@ def hardware() -> dict:
 
 def drop_stale_results(eval_dir: pathlib.Path, models: list[str]) -> None:
   """Removes evaluation results older than the run that made the model (a retrained model is scored again)."""
-  from evaluation.run import checkpoint_name
+  from llamalogue.checkpoint import checkpoint_name
   if not eval_dir.is_dir():
     return
   finished = {}
@@ -272,13 +273,17 @@ def selected(config, stages: dict[str, Stage]) -> list[str]:
   if want in ("", "all"):
     return list(stages)
   names = _split(want)
-  unknown = [n for n in names if n not in stages]
+  known = set(stages) | {books.group_of(s) for s in stages}
+  unknown = [n for n in names if n not in known]
   if unknown:
-    raise ConfigError(f"config.stages: unknown stage {unknown[0]!r}; this study has {', '.join(stages)}")
-  return [n for n in stages if n in names]
+    raise ConfigError(f"config.stages: unknown stage {unknown[0]!r}; this study has "
+                      f"{', '.join(dict.fromkeys(books.group_of(s) for s in stages))}")
+  return [n for n in stages if n in names or books.group_of(n) in names]
 
 
 def validate(config) -> None:
+  if not isinstance(config.seeds, int) or isinstance(config.seeds, bool) or config.seeds < 1:
+    raise ConfigError(f"config.seeds: {config.seeds!r} is not a whole number >= 1")
   if config.synthetic not in ("teacher", "released"):
     raise ConfigError(f"config.synthetic: {config.synthetic!r} is not teacher or released")
   if not (config.beyond.adult_share < 0 or 0 <= config.beyond.adult_share <= 1):
@@ -335,7 +340,6 @@ def run_stage(stage: Stage, root: pathlib.Path, index: str) -> None:
 
 def run(config, workdir: str) -> dict:
   """The `study` mode: every selected stage in order, then DIR/REPORT.md and DIR/results.json."""
-  from study import report
   validate(config)
   root = pathlib.Path(workdir).expanduser().resolve()
   root.mkdir(parents=True, exist_ok=True)

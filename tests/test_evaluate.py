@@ -8,9 +8,11 @@ import sys
 import zipfile
 
 import pytest
+from scipy.stats import binomtest
 
 from configs import evaluate as evaluate_config
 from evaluation import run as run_lib
+from evaluation import stats
 from evaluation import testing
 from llamalogue import paths
 from llamalogue.errors import ConfigError, DataError
@@ -155,3 +157,56 @@ def test_cli_error_is_one_line(exported, tmp_path):
       cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("error: config.tasks: unknown task(s) ['nope']")
+
+
+def _old_results(name: str, init_from: str, settings: dict, correct: list[bool]) -> tuple[dict, list[dict]]:
+  """A results.json as written before intervals existed, and its predictions (dialogue_heldout)."""
+  preds = [{"task": "dialogue_heldout", "uid": f"dialogue_heldout/heldout/{i}", "label": 0, "correct": ok}
+           for i, ok in enumerate(correct)]
+  acc = sum(correct) / len(correct)
+  task = {"name": "dialogue_heldout", "benchmark": "Dialogue MP (held-out)", "kind": "choice", "source": "x",
+          "items": len(correct), "subtasks": {"heldout": {"accuracy": acc, "items": len(correct)}}, "score": acc,
+          "notes": ""}
+  return {"checkpoint": name, "init_from": init_from, "words": None, "settings": settings,
+          "scoring": {"convention": "study", "bow_correction": True, "bos_added": False},
+          "max_items_per_task": 0, "lowercase": "auto", "reference_model": "llamalogue",
+          "tasks": {"dialogue_heldout": task}, "skipped": {}, "seconds": 1.0}, preds
+
+
+def test_comparison_has_intervals_and_paired_tests_from_predictions(tmp_path, monkeypatch):
+  """Results written before intervals existed get them from their predictions on reuse (no model is loaded),
+  and comparison.md / comparison.json carry the paired test of each fine-tuned model against the base."""
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+  base, tuned = str(tmp_path / "base"), str(tmp_path / "tuned")
+  cfg = config(init_from=base, compare_to=tuned, tasks="dialogue_heldout", heldout_pairs=str(pairs))
+  settings = run_lib.settings_from(cfg)
+  base_ok = [True] * 20 + [False] * 20
+  tuned_ok = [True] * 20 + [True] * 14 + [False] * 6        # 14 items won, none lost
+  for name, path, ok in (("base", base, base_ok), ("tuned", tuned, tuned_ok)):
+    res, preds = _old_results(name, path, settings, ok)
+    folder = tmp_path / "w" / "eval" / name
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(res))
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+  monkeypatch.setattr(run_lib, "load_scorer", lambda *a: pytest.fail("a model was loaded"))
+  run_lib.run(cfg, str(tmp_path / "w"))
+  res = json.loads((tmp_path / "w/eval/tuned/results.json").read_text())
+  task = res["tasks"]["dialogue_heldout"]
+  assert task["interval_method"] == stats.WILSON and task["correct"] == 34
+  assert task["interval"] == pytest.approx(stats.wilson(34, 40))
+  md = (tmp_path / "w/eval/tuned/results.md").read_text()
+  assert "| dialogue_heldout | Dialogue MP (held-out) (%) | 40 | 85.0 | [70.9, 92.9] |" in md
+  assert "95% intervals: dialogue_heldout: Wilson score interval" in md
+  effect = json.loads((tmp_path / "w/eval/comparison.json").read_text())["effects"]["tuned"]["dialogue_heldout"]
+  assert (effect["model_only"], effect["base_only"]) == (14, 0)
+  assert effect["p_mcnemar"] == pytest.approx(binomtest(14, 14).pvalue) and effect["excludes_zero"]
+  comparison = (tmp_path / "w/eval/comparison.md").read_text()
+  assert f"+35.0 [+{100 * effect['interval'][0]:.1f}, +{100 * effect['interval'][1]:.1f}] p 1.2e-04 ✱" in comparison
+  assert "dialogue_heldout (n 40)" in comparison and "McNemar" in comparison
+
+
+def test_seed_runs_of_two_stages_get_distinct_names(tmp_path):
+  names = {run_lib.checkpoint_name(str(tmp_path / s / "seed_1")) for s in ("dpo_natural", "dpo_synthetic")}
+  assert names == {"dpo_natural-seed_1", "dpo_synthetic-seed_1"}
+  assert run_lib.checkpoint_name(str(tmp_path / "dpo_natural")) == "dpo_natural"

@@ -2,11 +2,16 @@
 report from results, and `configs/study.py:tiny` end to end, killed once and resumed."""
 
 import json
+import os
+import pathlib
+import shutil
 import time
 
+import numpy as np
 import pytest
 
 from configs import study as study_config
+from evaluation import stats
 from llamalogue import paths
 from llamalogue.errors import ConfigError
 from study import report, run as study_run
@@ -184,3 +189,104 @@ def test_study_tiny_end_to_end_killed_and_resumed(tmp_path):
   assert "## Results beside the study's" in text and "PPO hyper-parameter sweep" in text
   third = run_main("configs/study.py:tiny", tmp_path, "--config.stages=pretrain,dpo_natural", timeout=600)
   assert third.returncode == 0 and "pretrain: done, skipped" in third.stdout
+
+
+# ---------------------------------------------------------------------------- intervals, paired tests, seeds
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "study_report"
+
+
+def _fixture_report(tmp_path, monkeypatch, stages: list[str], seeds: int) -> tuple[dict, str]:
+  """The report of the fixed predictions in tests/fixtures/study_report, its moving parts pinned."""
+  monkeypatch.setenv("LLAMALOGUE_DATA", str(tmp_path / "no_data"))   # no study files: no reference curves
+  root = tmp_path / "study"
+  shutil.copytree(FIXTURE, root)
+  c = study_config.get_config("tiny")
+  c.seeds = seeds
+  res = report.collect(root, c, stages)
+  res.update(written="2025-01-01 00:00:00", study_dir="$DIR", versions={"python": "3", "numpy": "2"})
+  return res, report.markdown(res, ["dialogue_word", "zorro", "blimp_filtered"])
+
+
+def _golden(name: str, text: str) -> None:
+  golden = FIXTURE / name
+  if os.environ.get("LLAMALOGUE_UPDATE_GOLDEN"):
+    golden.write_text(text)
+  assert text == golden.read_text(), f"{golden} differs (LLAMALOGUE_UPDATE_GOLDEN=1 rewrites it)"
+
+
+def test_report_from_fixed_predictions_matches_the_golden_file(tmp_path, monkeypatch):
+  res, text = _fixture_report(tmp_path, monkeypatch, ["pretrain", "dpo_natural", "ppo_bleu", "evaluate"], 1)
+  _golden("REPORT_seeds_1.md", text)
+  rows = {r["stage"]: r for r in res["table"]}
+  dpo = rows["dpo_natural"]["effect_test"]["dialogue_word"]
+  assert dpo["excludes_zero"] and dpo["p_mcnemar"] < 0.01 and dpo["items"] == 200
+  assert dpo["difference_points"] == pytest.approx(rows["dpo_natural"]["effect_ours"]["dialogue_word"])
+  assert rows["pretrain"]["items"]["zorro"] == 100 and rows["pretrain"]["study_items"]["zorro"] == 46_000
+  assert rows["pretrain"]["interval_method"]["dialogue_word"] == stats.WILSON
+  assert rows["dpo_natural"]["effect_study_interval"]["dialogue_word"][0] > 0   # the study's +4.1, unpaired
+  assert "| 95% CI |" in text and "| paired test |" in text and "✱" in text
+
+
+def test_seeds_report_pools_predictions_and_shows_each_seed(tmp_path, monkeypatch):
+  stages = ["pretrain", "dpo_natural/seed_0", "dpo_natural/seed_1", "evaluate"]
+  res, text = _fixture_report(tmp_path, monkeypatch, stages, 2)
+  _golden("REPORT_seeds_2.md", text)
+  (row,) = [r for r in res["table"] if r["stage"] == "dpo_natural"]
+  assert row["seeds"] == 2 and row["runs"] == ["dpo_natural/seed_0", "dpo_natural/seed_1"]
+  assert [s["seed"] for s in row["per_seed"]] == [42, 43]
+  pooled = row["effect_test"]["dialogue_word"]
+  singles = [s["effect_test"]["dialogue_word"] for s in row["per_seed"]]
+  assert pooled["seeds"] == 2 and pooled["items"] == 200
+  assert pooled["model_only"] == sum(s["model_only"] for s in singles)   # every (seed, item) pair
+  assert pooled["difference"] == pytest.approx(np.mean([s["difference"] for s in singles]))
+  assert row["ours"]["zorro"] == pytest.approx(np.mean([s["ours"]["zorro"] for s in row["per_seed"]]))
+  assert row["sd"]["zorro"] == pytest.approx(np.std([s["ours"]["zorro"] for s in row["per_seed"]], ddof=1))
+  assert "+ DPO naturalistic (2 seeds)" in text and "| + DPO naturalistic | dpo_natural/seed_1 | 43 |" in text
+
+
+def test_seeds_plan_one_fingerprinted_run_per_seed(tmp_path, capsys):
+  c = study_config.get_config("tiny")
+  c.seeds, c.synthetic = 2, "released"
+  stages = study_run.plan(c, tmp_path)
+  assert {"ppo_bleu/seed_1", "ppo_curriculum/seed_1"} <= set(stages) and "ppo_bleu" not in stages
+  for group in ("dpo_natural", "dpo_synthetic", "ppo_llm_score"):   # (the others read the teacher's replies)
+    assert group not in stages
+    runs = [stages[f"{group}/seed_{k}"].build() for k in range(2)]
+    assert [r.seed for r in runs] == [c[group].seed, c[group].seed + 1]
+    assert runs[0].init_from == str(tmp_path / "pretrain")
+  assert "pretrain" in stages and "sweep_bleu_lr0.0001_kl0.2" in stages   # pre-training and the sweep: one run
+  assert study_run.selected(c.copy_and_resolve_references(), stages)[-1] == "evaluate"
+  c.stages = "pretrain,dpo_natural,ppo_bleu/seed_1"
+  assert study_run.selected(c, stages) == ["pretrain", "dpo_natural/seed_0", "dpo_natural/seed_1", "ppo_bleu/seed_1"]
+  # Books per seed run: one finished seed is skipped, the other runs (here: fails on its missing base).
+  seed0 = stages["dpo_natural/seed_0"]
+  study_run.write_record(tmp_path / "pretrain", {"status": "done", "fingerprint": "p"})
+  cfg_json = study_run.config_json(seed0.build(), tmp_path)
+  study_run.write_record(tmp_path / "dpo_natural" / "seed_0", {
+      "status": "done", "config": cfg_json, "fingerprint": study_run.fingerprint(cfg_json, {"pretrain": "p"})})
+  study_run.run_stage(seed0, tmp_path, "[1/1]")
+  assert "dpo_natural/seed_0: done, skipped" in capsys.readouterr().out
+  other = study_run.config_json(stages["dpo_natural/seed_1"].build(), tmp_path)
+  assert study_run.fingerprint(other, {"pretrain": "p"}) != study_run.fingerprint(cfg_json, {"pretrain": "p"})
+  # The evaluate stage scores every finished seed, under names that do not collide.
+  study_run.write_record(tmp_path / "dpo_synthetic" / "seed_0", {"status": "done"})
+  compare = stages["evaluate"].build().compare_to.split(",")
+  assert compare == [str(tmp_path / "dpo_natural" / "seed_0"), str(tmp_path / "dpo_synthetic" / "seed_0")]
+  from llamalogue.checkpoint import checkpoint_name
+  assert [checkpoint_name(m) for m in compare] == ["dpo_natural-seed_0", "dpo_synthetic-seed_0"]
+  one = study_config.get_config("tiny")
+  assert "dpo_natural" in study_run.plan(one, tmp_path) and one.seeds == 1   # seeds=1: the layout of old
+  one.seeds = 0
+  with pytest.raises(ConfigError, match="config.seeds: 0"):
+    study_run.validate(one)
+
+
+def test_study_modules_import_one_way():
+  """study/run.py imports study/report.py, never the reverse (both read the books in study/books.py)."""
+  import ast
+  for module, forbidden in (("report", "run"), ("books", "run"), ("books", "report")):
+    tree = ast.parse((pathlib.Path(study_run.__file__).parent / f"{module}.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert forbidden not in names and f"study.{forbidden}" not in modules | names, (module, forbidden)
