@@ -24,11 +24,15 @@ count and 95% interval, every fine-tuning effect with its paired test), DIR/resu
 DIR/figures/*.png.
 """
 
+import importlib
+
 import ml_collections
 
-from configs import base
-from configs import dpo_natural, dpo_synthetic, evaluate, ppo_bleu, ppo_confidence, ppo_curriculum, ppo_llm_score
-from configs import ppo_semsim, pretrain, synthetic_pairs, teacher_replies
+from configs import base, dpo_natural, dpo_synthetic, evaluate, pretrain, synthetic_pairs, teacher_replies
+from rl import rewards
+
+
+PPO_STAGES = tuple(f"ppo_{r}" for r in rewards.NAMES) + ("ppo_curriculum",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -52,9 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dpo_natural = dpo_natural.get_config(arg)
   c.dpo_synthetic = dpo_synthetic.get_config(arg)
   c.teacher_replies = teacher_replies.get_config(arg)
-  for name, module in (("ppo_bleu", ppo_bleu), ("ppo_semsim", ppo_semsim), ("ppo_llm_score", ppo_llm_score),
-                       ("ppo_confidence", ppo_confidence), ("ppo_curriculum", ppo_curriculum)):
-    c[name] = module.get_config(arg)
+  for name in PPO_STAGES:
+    c[name] = importlib.import_module(f"configs.{name}").get_config(arg)
   c.evaluate = evaluate.get_config(arg)
 
   # Beyond the paper (STUDY.md §8): each switch adds stages, reported in their own section.
@@ -84,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c[name].train.max_steps = 150
       c[name].pairs_limit = 4800
     c.teacher_replies.n = 4
-    for name in ("ppo_bleu", "ppo_semsim", "ppo_llm_score", "ppo_confidence", "ppo_curriculum"):
+    for name in PPO_STAGES:
       c[name].max_prompts = 160
       c[name].train.max_steps = 20
       c[name].train.checkpoint_every = 10
@@ -99,7 +102,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.synthetic_pairs.max_pairs = 16
     for name in ("dpo_natural", "dpo_synthetic"):
       c[name].pairs_limit = 32
-    for name in ("ppo_bleu", "ppo_semsim", "ppo_llm_score", "ppo_confidence", "ppo_curriculum"):
+    for name in PPO_STAGES:
       c[name].max_prompts = 16      # one batch, so the teacher writes replies for 16 turns only
     c.teacher_replies.n = c.ppo_bleu.reward.replies_settings.n
     c.teacher_replies.max_new_tokens = c.ppo_bleu.reward.replies_settings.max_new_tokens

@@ -132,7 +132,7 @@ def make_rewards(config, workdir, prompts: list[str]) -> rewards.Curriculum:
   run_keys = ("name", "replies_settings", "curriculum", "curriculum_scale")
   overrides = {k: v for k, v in rc.items() if k not in run_keys}
   cache = None
-  if set(names) & {"bleu", "semsim", "confidence"} and not rc.replies:
+  if set(names) & set(rewards.READS_REPLIES) and not rc.replies:
     s = rc.replies_settings
     cache = teacher_lib.replies_for(model(rc.teacher), prompts, teacher_lib.reply_settings(s), workdir, s.chunk,
                                     who="ppo")

@@ -27,7 +27,8 @@ from llamalogue import paths
 from llamalogue.errors import ConfigError, DataError
 from rl import teacher as teacher_lib
 
-NAMES = ("bleu", "semsim", "llm_score", "confidence")
+NAMES = ("bleu", "semsim", "llm_score", "confidence")   # the study's four; configs/ppo_<name>.py each
+READS_REPLIES = ("bleu", "semsim", "confidence")          # the rewards that read the teacher's replies
 # What each reward can score, (lowest, highest): BLEU-1 0..1; cosine -1..1; the judge's 0-5 rating
 # (an answer outside it is clipped when scaled); confidence 2·rank − 1 ∈ [−1, 1] (empty −0.5).
 RANGES = {"bleu": (0.0, 1.0), "semsim": (-1.0, 1.0), "llm_score": (0.0, 5.0), "confidence": (-1.0, 1.0)}

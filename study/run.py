@@ -39,12 +39,13 @@ import ml_collections
 
 from llamalogue import distributed, faults
 from llamalogue.errors import ConfigError, LlamalogueError
+from rl import rewards
 from study import books
 from study import report
 from study.books import STAGE_FILE, is_done, read_record, write_record  # noqa: F401  (the books' API here too)
 
-PPO_REWARDS = ("bleu", "semsim", "llm_score", "confidence")
-REPLY_REWARDS = ("bleu", "semsim", "confidence")   # rewards that read the teacher's replies
+PPO_REWARDS = rewards.NAMES             # a PPO stage ppo_<reward> each (configs/ppo_<reward>.py)
+REPLY_REWARDS = rewards.READS_REPLIES   # rewards that read the teacher's replies
 
 
 @dataclasses.dataclass
