@@ -194,6 +194,29 @@ def test_a_killed_process_stops_the_other_and_the_job_resumes(prepared, pretrain
   _close(_params(one), _params(wd))
 
 
+def test_sigterm_to_one_process_stops_the_job_at_one_agreed_step(prepared, pretrained, tmp_path):
+  """A preemption notice reaches one host: every process agrees on the step (JAX's preemption sync point),
+  the checkpoint is written collectively, every process exits 143; rerunning resumes to the same params."""
+  one, _ = pretrained
+  wd = tmp_path / "run"
+  args = (f"--config.data.prepared={prepared}", *PRETRAIN)
+  proc = launch("configs/pretrain.py:tiny", wd, *args, wait=False)
+  deadline = time.time() + 400
+  while time.time() < deadline and not (wd / "metrics.jsonl").exists():
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    time.sleep(0.05)
+  import psutil
+  workers = [c for c in psutil.Process(proc.pid).children() if "main.py" in " ".join(c.cmdline())]
+  next(c for c in workers if "process_id=1" in " ".join(c.cmdline())).send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  stopped = [l for l in (out + err).splitlines() if "SIGTERM at step" in l]
+  assert proc.returncode == 143 and stopped, err[-3000:]
+  step = int(stopped[0].split("SIGTERM at step ")[1].split(":")[0])
+  assert (wd / "checkpoints" / "latest" / f"step_{step}" / "commit_success.txt").exists()
+  _ok(launch("configs/pretrain.py:tiny", wd, *args))
+  _close(_params(one), _params(wd))
+
+
 def test_a_wrong_coordinator_is_one_line_not_a_hang(tmp_path):
   t0 = time.time()
   proc = run_main("configs/pretrain.py:tiny", tmp_path / "wd", "--config.distributed.coordinator=127.0.0.1:1",
