@@ -13,6 +13,11 @@ Orbax writes to a temporary directory and renames it when complete, so a killed
 run never leaves a checkpoint that looks finished but is not.
 
 Restoring takes target shardings, so a state saved on 8 devices restores onto 1 and back.
+
+Checkpoints written before the decoder layers were stacked hold per-layer arrays
+(`params/layers/0/self_attn/q_proj/kernel`, in the params and in the optimizer moments);
+both restores here read them and stack the layers at load (`_stored_per_layer`), so
+old run directories resume, fine-tune and evaluate as before.
 """
 
 import dataclasses
@@ -23,6 +28,7 @@ import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from llamalogue import model as model_lib
@@ -75,13 +81,74 @@ class RunCheckpoints:
     step = self.latest.latest_step()
     if step is None:
       return None
+    per_layer = _stored_per_layer(self.root / LATEST / f"step_{step}" / "state")
+    target = unstack_layers(abstract_state, _abstract_layer) if per_layer else abstract_state
     out = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    state = stack_layers(out["state"], abstract_state) if per_layer else out["state"]
+    return state, out["meta"]
 
   def close(self) -> None:
     self.milestones.close()
     self.latest.close()
+
+
+# ------------------------------------------------------------------ per-layer checkpoints (before stacking)
+
+def _is_layers_parent(x) -> bool:
+  return isinstance(x, dict) and isinstance(x.get("layers"), dict) and 0 not in x["layers"]
+
+
+def _stored_per_layer(state_dir: pathlib.Path) -> bool:
+  """Whether a checkpoint's state holds the decoder layers one by one (`layers/0/...`, the old layout)."""
+  try:
+    tree = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).metadata(state_dir.absolute()).item_metadata
+  except Exception:  # unreadable metadata: let the restore itself say what is wrong
+    return False
+  found = []
+
+  def walk(node):
+    if isinstance(node, dict):
+      if isinstance(node.get("layers"), dict) and "0" in node["layers"]:
+        found.append(True)
+      for v in node.values():
+        walk(v)
+    elif isinstance(node, (list, tuple)):
+      for v in node:
+        walk(v)
+
+  walk(dict(getattr(tree, "tree", tree) or {}))
+  return bool(found)
+
+
+def _abstract_layer(x, i: int):
+  """Layer i of a stacked ShapeDtypeStruct: the leading axis dropped, from its shape and its sharding."""
+  sharding = getattr(x, "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*tuple(sharding.spec)[1:]))
+  return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+
+
+def unstack_layers(tree: Any, layer_fn) -> Any:
+  """`tree` with every stacked `layers` subtree replaced by the old per-layer `{0: ..., 1: ...}` form;
+  `layer_fn(leaf, i)` gives layer i of a leaf."""
+  def split(parent):
+    n = jax.tree.leaves(parent["layers"])[0].shape[0]
+    layers = {i: jax.tree.map(lambda x, i=i: layer_fn(x, i), parent["layers"]) for i in range(n)}
+    return {**parent, "layers": layers}
+  return jax.tree.map(lambda x: split(x) if _is_layers_parent(x) else x, tree, is_leaf=_is_layers_parent)
+
+
+def stack_layers(tree: Any, like: Any) -> Any:
+  """The inverse of `unstack_layers`: per-layer subtrees stacked, placed as `like` (an abstract stacked tree)."""
+  is_old = lambda x: isinstance(x, dict) and isinstance(x.get("layers"), dict) and 0 in x["layers"]
+
+  def join(parent):
+    layers = parent["layers"]
+    return {**parent, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in range(len(layers))])}
+
+  stacked = jax.tree.map(lambda x: join(x) if is_old(x) else x, tree, is_leaf=is_old)
+  return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding) if getattr(a, "sharding", None) else x, stacked, like)
 
 
 def milestone_dirs(run_dir: str | os.PathLike) -> list[tuple[int, pathlib.Path]]:
@@ -122,18 +189,23 @@ def load_model(path: str | os.PathLike, dtype: str = "float32"):
   ckpt = _find_checkpoint(pathlib.Path(path))
   root = _run_root(ckpt)
   cfg_dict = json.loads((root / "model_config.json").read_text())
+  fields = {f.name for f in dataclasses.fields(model_lib.LlamaConfig)}
+  cfg_dict = {k: v for k, v in cfg_dict.items() if k in fields}    # an older file's `scan_layers`: gone
   cfg = dataclasses.replace(model_lib.LlamaConfig(**cfg_dict), dtype=dtype).validate()
   graphdef, abstract = model_lib.abstract_model(cfg)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), model_lib.pure_dict(abstract))
   # A PPO state keeps the language model under params/policy (beside its value head).
   wrap = (lambda t: {"policy": t}) if "ppo" in read_meta(ckpt) else (lambda t: t)
+  per_layer = _stored_per_layer(ckpt / "state")
+  item = unstack_layers(target, _abstract_layer) if per_layer else target
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   restored = ckptr.restore((ckpt / "state").absolute(), args=ocp.args.PyTreeRestore(
-      item={"params": wrap(target)},
-      restore_args={"params": wrap(jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), target))},
+      item={"params": wrap(item)},
+      restore_args={"params": wrap(jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), item))},
       partial_restore=True))
   params = restored["params"]["policy"] if "ppo" in read_meta(ckpt) else restored["params"]
+  params = stack_layers(params, target) if per_layer else params
   model = nnx.merge(graphdef, params)
   tokenizer = hf.load_tokenizer(root / "tokenizer", cfg.vocab_size) if (root / "tokenizer").exists() else None
   return model, tokenizer

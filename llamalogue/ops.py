@@ -45,6 +45,28 @@ def select_kernels(override: str | None = None) -> str:
   return choice
 
 
+LAYER_LOOPS = ("scan", "unrolled")
+
+
+def layer_loop(kernels: str | None = None) -> str:
+  """How the decoder stack's lax.scan is lowered: $LLAMALOGUE_LAYERS (scan | unrolled), else by kernel set.
+
+  `scan` (accelerators): a rolled loop, so XLA compiles one layer body whatever the depth.
+  `unrolled` (XLA:CPU): every layer inlined, no loop; same stored layout, same values.
+  """
+  choice = os.environ.get("LLAMALOGUE_LAYERS", "") or "auto"
+  if choice == "auto":
+    return "unrolled" if select_kernels(kernels) == "cpu" else "scan"
+  if choice not in LAYER_LOOPS:
+    raise ConfigError(f"LLAMALOGUE_LAYERS: {choice!r} is not auto, scan or unrolled")
+  return choice
+
+
+def layer_unroll(num_layers: int, kernels: str | None = None) -> int:
+  """`lax.scan`'s `unroll` for the decoder stack (see `layer_loop`)."""
+  return max(num_layers, 1) if layer_loop(kernels) == "unrolled" else 1
+
+
 def attention_implementation(dtype) -> str:
   """`jax.nn.dot_product_attention`'s implementation: $LLAMALOGUE_ATTENTION, else cuDNN on GPU in 16 bits, else XLA."""
   choice = os.environ.get("LLAMALOGUE_ATTENTION", "") or "auto"

@@ -52,7 +52,7 @@ def init_params(model_cfg, seed) -> tuple[nnx.GraphDef, dict]:
 def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(tx, lr schedule): AdamW with linear warmup + cosine decay (or linear decay), global-norm clipping.
 
-  Weight decay applies to matrices only (not norms). `opt_cfg` fields: lr, warmup_steps,
+  Weight decay applies to matrices only (not norms, stacked `[layers, D]` or not). `opt_cfg` fields: lr, warmup_steps,
   schedule ('cosine' | 'linear' | 'constant'), min_lr_ratio, b1, b2, eps, weight_decay, grad_clip.
   """
   lr, warmup = opt_cfg.lr, min(opt_cfg.warmup_steps, max(total_steps - 1, 0))
@@ -69,12 +69,18 @@ def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformat
   else:
     from llamalogue.errors import ConfigError
     raise ConfigError(f"config.optimizer.schedule: unknown schedule {kind!r} (cosine, linear, constant)")
-  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(lambda path, x: matrix_dims(path, x) >= 2, params)
   return optax.chain(
       optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.get("grad_clip", 0) else optax.identity(),
       optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
                   weight_decay=opt_cfg.weight_decay, mask=decay_mask),
   ), schedule
+
+
+def matrix_dims(path, x) -> int:
+  """The dimensions of one parameter as a layer sees it: the stacked decoder layers' leading axis not counted."""
+  stacked = any(getattr(k, "key", None) == "layers" for k in path)
+  return x.ndim - 1 if stacked else x.ndim
 
 
 def _global_norm(tree) -> jax.Array:
