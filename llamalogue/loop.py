@@ -129,6 +129,9 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, mod
   ckpts = ckpt_lib.RunCheckpoints(workdir, keep_latest=settings.keep_latest)
   if model_cfg is not None:
     ckpts.write_run_files(model_cfg, tokenizer_dir)
+    if jax.process_index() == 0:
+      from llamalogue import ops
+      print(f"{task.name}: {ops.describe_kernels(model_cfg)}", flush=True)
   restored = ckpts.restore_latest(task.target)
   if restored is None:
     state = task.init_state()
