@@ -304,6 +304,29 @@ def projection(rows: list[dict]) -> list[tuple[str, float, float, float]]:
   return out
 
 
+def matrix(rows: list[dict]) -> list[str]:
+  """Entries x slices, each cell `compile s (cpu s) · peak GiB · roofline ms`: the table in the README."""
+  slices = list(dict.fromkeys((r["topology"], r["slice"]) for r in rows))
+  entries = list(dict.fromkeys(r["entry"] for r in rows))
+  cell = {(r["entry"], r["topology"]): r for r in rows}
+  out = ["| entry | " + " | ".join(f"{label} ({t})" for t, label in slices) + " |",
+         "|---|" + "---|" * len(slices)]
+  for e in entries:
+    parts = []
+    for t, _ in slices:
+      r = cell.get((e, t))
+      if r is None:
+        parts.append("")
+      elif "compile_s" not in r:
+        parts.append("n/a: " + (r.get("skipped") or "error"))
+      else:
+        flag = "" if r["fits"] else " **OOM**"
+        flag += "" if not r["problems"] else " **HLO: " + "; ".join(r["problems"]) + "**"
+        parts.append(f"{r['compile_s']:.0f} ({r['compile_cpu_s']:.0f}) · {r['peak_gib']:.2f} · {r['roofline_ms']:.1f}{flag}")
+    out.append(f"| {e} | " + " | ".join(parts) + " |")
+  return out
+
+
 def markdown(rows: list[dict], load: str) -> str:
   lines = ["# TPU ahead-of-time compilation of the study's jitted entry points", "",
            f"jax {jax.__version__}, libtpu {aot.LIBTPU_VERSION}, compiled on {platform.node()} "
@@ -313,6 +336,7 @@ def markdown(rows: list[dict], load: str) -> str:
            "| entry | slice (chips) | lower s | compile s | HBM per chip GiB: args / temp / out = peak of capacity "
            "| TFLOP per chip (analytic) | roofline ms | TPU HLO checks |", "|---|---|---|---|---|---|---|---|"]
   lines += [_fmt_row(r) for r in rows]
+  lines += ["", "## Summary: compile s (compile CPU s) · peak HBM per chip GiB · roofline ms", ""] + matrix(rows)
   lines += ["", "Roofline: max(analytic FLOPs / peak bf16 FLOP/s, bytes / HBM bandwidth) per chip, a lower bound. "
             "Bytes: every argument read once, every output written once, every temporary written and read once "
             "(memory_analysis), plus what a loop reads again (decode steps: the bf16 weights and the KV cache; PPO "

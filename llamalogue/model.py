@@ -264,14 +264,16 @@ class Llama(nnx.Module):
       return self.embed_tokens[...].astype(dtype).T
     return self.lm_head.kernel[...].astype(dtype)
 
-  def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None, cache: dict | None = None):
+  def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None, cache: dict | None = None,
+             layers: list | None = None):
     """The final normalised hidden states `[B, L, D]` (the output head's input).
 
     Without a cache: causal attention over the L tokens (positions default to 0..L-1).
     With a cache (`init_cache`): the tokens fill slots `end..end+L-1` and attend to every
     slot whose position is >= 0 and <= their own (positions default to `end + 0..L-1`;
     give -1 to padding tokens); returns `(hidden, new cache)`. The caller sizes the cache:
-    writing past its last slot is not checked inside jit.
+    writing past its last slot is not checked inside jit. `layers`: `layer_views()` taken once
+    by a caller that runs many forwards in a loop (see there).
     """
     dtype = jnp.dtype(self.cfg.dtype)
     b, l = tokens_BxL.shape
@@ -281,27 +283,53 @@ class Llama(nnx.Module):
     cos, sin = rope_cos_sin(positions_BxL, self.cfg.dim_per_head, self.cfg.rope_theta)
     x_BxLxD = jnp.take(self.embed_tokens[...], tokens_BxL, axis=0).astype(dtype)
     if cache is None:
-      return self.norm(self.run_layers(x_BxLxD, cos, sin))
+      return self.norm(self.run_layers(x_BxLxD, cos, sin, layers=layers))
     end = cache["end"]
     key_pos_BxT = jax.lax.dynamic_update_slice(cache["positions"], positions_BxL.astype(jnp.int32), (0, end))
     query_pos_BxLx1 = positions_BxL.astype(jnp.int32)[:, :, None]
     mask_Bx1xLxT = ((key_pos_BxT[:, None, :] >= 0) & (key_pos_BxT[:, None, :] <= query_pos_BxLx1))[:, None]
-    x_BxLxD, k, v = self.run_layers(x_BxLxD, cos, sin, (cache["k"], cache["v"], mask_Bx1xLxT, end))
+    x_BxLxD, k, v = self.run_layers(x_BxLxD, cos, sin, (cache["k"], cache["v"], mask_Bx1xLxT, end), layers)
     return self.norm(x_BxLxD), {"k": k, "v": v, "positions": key_pos_BxT, "end": end + l}
 
-  def run_layers(self, x_BxLxD, cos, sin, cache=None):
-    """The decoder stack on embeddings `[B, L, D]`: one lax.scan over the stacked layers.
+  def layer_views(self) -> list | None:
+    """Each layer's parameters sliced out of the stack (NNX states), or None where the layers run as a
+    rolled scan (`ops.layer_loop`), which slices them itself.
 
-    With `cache = (k_LxBxGxTxK, v_LxBxGxTxK, mask_Bx1xLxT, end)` the stacked cache is the
-    scan's carry (each layer writes its new slots in place); returns `(x, k, v)`.
-    The scan is rolled or unrolled by backend (`ops.layer_unroll`); the values are the same.
+    XLA:CPU copies a slice each time one is taken: a decode loop takes the views once, outside
+    the loop, and hands them to every step's `hidden(..., layers=views)`.
+    """
+    if ops.layer_loop() == "scan":
+      return None
+    stacked = nnx.state(self.layers)
+    return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.cfg.num_layers)]
+
+  def run_layers(self, x_BxLxD, cos, sin, cache=None, layers: list | None = None):
+    """The decoder stack on embeddings `[B, L, D]`; same values however it runs.
+
+    Accelerators (`ops.layer_loop` scan): one rolled lax.scan, one layer body to compile.
+    XLA:CPU (unrolled): a forward alone is the rolled scan too (fewest kernels to compile), but
+    under a gradient the scan is unrolled (`_stack_rolled_forward`): XLA:CPU carries a gradient
+    through a loop slowly. `layers` (`layer_views()`, taken outside a decode loop): those slices
+    applied in turn.
+
+    With `cache = (k_LxBxGxTxK, v_LxBxGxTxK, mask_Bx1xLxT, end)` each layer writes its new slots
+    in place in the stacked cache (the scan's carry); returns `(x, k, v)`. A cached forward is
+    never differentiated.
     """
     graphdef, stacked = nnx.split(self.layers)
-    unroll = ops.layer_unroll(self.cfg.num_layers)
+    if layers is not None:
+      if cache is None:
+        for view in layers:
+          x_BxLxD = nnx.merge(graphdef, view)(x_BxLxD, cos, sin)
+        return x_BxLxD
+      k, v, mask_Bx1xLxT, end = cache
+      for i, view in enumerate(layers):
+        x_BxLxD, k, v = nnx.merge(graphdef, view)(x_BxLxD, cos, sin, (k, v, i, mask_Bx1xLxT, end))
+      return x_BxLxD, k, v
     if cache is None:
-      def body(x, layer_state):
-        return nnx.merge(graphdef, layer_state)(x, cos, sin), None
-      return jax.lax.scan(body, x_BxLxD, stacked, unroll=unroll)[0]
+      if ops.layer_loop() == "scan":
+        return _layer_scan(graphdef, 1)(x_BxLxD, stacked, cos, sin)
+      return _stack_rolled_forward(graphdef, self.cfg.num_layers)(x_BxLxD, stacked, cos, sin)
     k_LxBxGxTxK, v_LxBxGxTxK, mask_Bx1xLxT, end = cache
 
     def body_cached(carry, xs):
@@ -310,7 +338,31 @@ class Llama(nnx.Module):
       return nnx.merge(graphdef, layer_state)(x, cos, sin, (k, v, i, mask_Bx1xLxT, end)), None
 
     layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
-    return jax.lax.scan(body_cached, (x_BxLxD, k_LxBxGxTxK, v_LxBxGxTxK), (stacked, layer_ids), unroll=unroll)[0]
+    return jax.lax.scan(body_cached, (x_BxLxD, k_LxBxGxTxK, v_LxBxGxTxK), (stacked, layer_ids))[0]
+
+
+def _layer_scan(graphdef, unroll: int):
+  """`(x, stacked layer state, cos, sin) -> x`: the layers under one lax.scan (`unroll` layers per trip)."""
+  def run(x_BxLxD, stacked, cos, sin):
+    body = lambda x, layer_state: (nnx.merge(graphdef, layer_state)(x, cos, sin), None)
+    return jax.lax.scan(body, x_BxLxD, stacked, unroll=unroll)[0]
+  return run
+
+
+def _stack_rolled_forward(graphdef, num_layers: int):
+  """The layer stack for XLA:CPU: evaluated alone, the rolled scan; differentiated, the fully unrolled
+  scan's forward and backward (a custom VJP: same values, the gradient never goes through a loop)."""
+  rolled, unrolled = _layer_scan(graphdef, 1), _layer_scan(graphdef, num_layers)
+
+  @jax.custom_vjp
+  def run(x_BxLxD, stacked, cos, sin):
+    return rolled(x_BxLxD, stacked, cos, sin)
+
+  def fwd(x_BxLxD, stacked, cos, sin):
+    return jax.vjp(unrolled, x_BxLxD, stacked, cos, sin)
+
+  run.defvjp(fwd, lambda vjp_fn, g_BxLxD: vjp_fn(g_BxLxD))
+  return run
 
 
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:

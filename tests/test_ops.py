@@ -217,12 +217,12 @@ def test_attention_choice_per_backend_is_explicit(monkeypatch):
   monkeypatch.delenv("LLAMALOGUE_ATTENTION")
   monkeypatch.setenv("LLAMALOGUE_LAYERS", "unrolled")
   assert "layers unrolled over 16" in ops.describe_kernels(cfg, backend="tpu")
-  assert ops.layer_unroll(16, kernels="accelerator") == 16
+  assert ops.layer_loop(kernels="accelerator") == "unrolled"
   monkeypatch.setenv("LLAMALOGUE_LAYERS", "rolled")
   with pytest.raises(ConfigError, match="LLAMALOGUE_LAYERS"):
     ops.layer_loop()
   monkeypatch.delenv("LLAMALOGUE_LAYERS")
-  assert ops.layer_unroll(16, kernels="accelerator") == 1 and ops.layer_unroll(16, kernels="cpu") == 16
+  assert ops.layer_loop(kernels="accelerator") == "scan" and ops.layer_loop(kernels="cpu") == "unrolled"
   with ops.kernels_for("accelerator"):
     assert ops.select_kernels() == "accelerator"
   assert ops.select_kernels() == ("cpu" if jax.default_backend() == "cpu" else "accelerator")

@@ -6,6 +6,7 @@ Needs libtpu kept apart (llamalogue/aot.py; .ci/run installs it); skipped withou
 """
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +17,25 @@ from llamalogue import aot
 from llamalogue import model as M
 from llamalogue import sharding
 
-REASON = aot.enable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no TPU compiler: {REASON}")
+pytestmark = pytest.mark.skipif(aot.libtpu_path() is None,
+                                reason=f"no TPU compiler: libtpu is not installed ({aot.install_command()})")
 
 TINY = dataclasses.replace(M.PRESETS["tiny"], dtype="bfloat16")
 
 
 @pytest.fixture(scope="module")
 def mesh():
-  devices = aot.topology("v5e:2x2").devices
-  assert len(devices) == 4 and devices[0].platform == "tpu"
-  return sharding.make_mesh(-1, 1, devices=devices)
+  """A v5e:2x2 mesh; the environment libtpu reads is set for this module only (subprocesses of
+  later tests must not see TPU_LIBRARY_PATH)."""
+  saved = dict(os.environ)
+  assert aot.enable() is None
+  try:
+    devices = aot.topology("v5e:2x2").devices
+    assert len(devices) == 4 and devices[0].platform == "tpu"
+    yield sharding.make_mesh(-1, 1, devices=devices)
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _check(entry):
@@ -38,14 +47,14 @@ def _check(entry):
 
 def test_tiny_pretrain_step_compiles_for_v5e(mesh):
   from benchmarks import tpu_aot
-  c = _check(tpu_aot.train_entry(TINY, mesh, 16, 128))
+  c = _check(tpu_aot.train_entry(TINY, mesh, 8, 64))
   # the state is donated: its outputs reuse the arguments' buffers
   assert c.alias_bytes >= 0.9 * M.count_params(TINY) * 4 * 3
 
 
 def test_tiny_dpo_step_compiles_for_v5e(mesh):
   from benchmarks import tpu_aot
-  _check(tpu_aot.dpo_entry(TINY, mesh, pairs=8, length=64))
+  _check(tpu_aot.dpo_entry(TINY, mesh, pairs=4, length=32))
 
 
 def test_tiny_ppo_steps_compile_for_v5e(mesh):
