@@ -11,8 +11,10 @@ Entries (seconds of `lower` and of `compile`, each a fresh jax.jit, after one sm
 - eval: the eval loss at 64x128;
 - scorer: the scorer's statistics for the length buckets evaluation/scoring.py plans
   (batch_tokens 2048, as configs/evaluate.py);
-- layers: the train step at 64x128 with 4, 8 and 16 layers (the layers are a Python loop:
-  does compile time grow with depth?).
+- layers: the train step at 64x128 with 4, 8 and 16 layers (the stacked layers' scan is
+  unrolled on XLA:CPU, rolled with LLAMALOGUE_LAYERS=scan: does compile time grow with depth?).
+
+For TPU compile times see benchmarks/tpu_aot.py.
 
 Last line: compile_s=<train step 64x128> unit=s
 """

@@ -36,7 +36,9 @@ def forward(model, prefix_BxP: jax.Array, prefix_len_B: jax.Array, cont_BxKxC: j
   pos_BxP = jnp.where(pos_BxP < prefix_len_B[:, None], pos_BxP, -1)
   h_BxPxD, cache = model.hidden(prefix_BxP, pos_BxP, model_lib.init_cache(model.cfg, b, p + c))
   last_BxD = h_BxPxD[jnp.arange(b), prefix_len_B - 1]
-  cache = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0) if a.ndim else a, cache)   # every row's K options
+  # every row's K options: k/v are [layers, B, ...], positions [B, T]
+  cache = {"k": jnp.repeat(cache["k"], k, axis=1), "v": jnp.repeat(cache["v"], k, axis=1),
+           "positions": jnp.repeat(cache["positions"], k, axis=0), "end": cache["end"]}
   pos_NxC = (prefix_len_B[:, None, None] + jnp.arange(c, dtype=jnp.int32)).astype(jnp.int32)
   pos_NxC = jnp.broadcast_to(pos_NxC, (b, k, c)).reshape(b * k, c)
   h_NxCxD, _ = model.hidden(cont_BxKxC.reshape(b * k, c), pos_NxC, cache)

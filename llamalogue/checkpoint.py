@@ -19,6 +19,11 @@ newest checkpoint that does not read is moved aside (`step_<S>.corrupt-<time>`, 
 take for a step) and the newest readable one is restored; when none reads, nothing is touched.
 
 Restoring takes target shardings, so a state saved on 8 devices restores onto 1 and back.
+
+Checkpoints written before the decoder layers were stacked hold per-layer arrays
+(`params/layers/0/self_attn/q_proj/kernel`, in the params and in the optimizer moments);
+both restores here read them and stack the layers at load (`_stored_per_layer`), so
+old run directories resume, fine-tune and evaluate as before.
 """
 
 import dataclasses
@@ -32,6 +37,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -123,14 +129,17 @@ class RunCheckpoints:
 
     Newer ones that do not read are moved aside (one line each, never deleted). When none reads,
     raises DataError and touches nothing."""
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
     unreadable = []
     for step in sorted(self.latest.all_steps(), reverse=True):
+      # a checkpoint written before the layers were stacked (`layers/0/...`) is read per layer, then stacked
+      per_layer = _stored_per_layer(self.root / LATEST / f"step_{step}" / "state")
+      target = unstack_layers(abstract_state, _abstract_layer) if per_layer else abstract_state
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
       out, failure = faults.attempt(lambda: self.latest.restore(step, args=args))
       if failure is None:
         for bad, why in unreadable:
           self._move_aside(bad, why, step)
-        return out["state"], out["meta"]
+        return (stack_layers(out["state"], abstract_state) if per_layer else out["state"]), out["meta"]
       unreadable.append((step, failure))
     if unreadable:
       step, why = unreadable[0]
@@ -227,6 +236,66 @@ def find_milestones(run_dir: str) -> list[tuple[int, pathlib.Path]]:
                   "(trajectory mode needs a pre-training workdir)")
 
 
+# ------------------------------------------------------------------ per-layer checkpoints (before stacking)
+
+def _is_layers_parent(x) -> bool:
+  return isinstance(x, dict) and isinstance(x.get("layers"), dict) and 0 not in x["layers"]
+
+
+def _stored_per_layer(state_dir: pathlib.Path) -> bool:
+  """Whether a checkpoint's state holds the decoder layers one by one (`layers/0/...`, the old layout)."""
+  try:
+    tree = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).metadata(state_dir.absolute()).item_metadata
+  except Exception:  # unreadable metadata: let the restore itself say what is wrong
+    return False
+  found = []
+
+  def walk(node):
+    if isinstance(node, dict):
+      if isinstance(node.get("layers"), dict) and "0" in node["layers"]:
+        found.append(True)
+      for v in node.values():
+        walk(v)
+    elif isinstance(node, (list, tuple)):
+      for v in node:
+        walk(v)
+
+  walk(dict(getattr(tree, "tree", tree) or {}))
+  return bool(found)
+
+
+def _abstract_layer(x, i: int):
+  """Layer i of a stacked ShapeDtypeStruct: the leading axis dropped, from its shape and its sharding."""
+  sharding = getattr(x, "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*tuple(sharding.spec)[1:]))
+  return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+
+
+def unstack_layers(tree: Any, layer_fn) -> Any:
+  """`tree` with every stacked `layers` subtree replaced by the old per-layer `{0: ..., 1: ...}` form;
+  `layer_fn(leaf, i)` gives layer i of a leaf."""
+  def split(parent):
+    n = jax.tree.leaves(parent["layers"])[0].shape[0]
+    layers = {i: jax.tree.map(lambda x, i=i: layer_fn(x, i), parent["layers"]) for i in range(n)}
+    return {**parent, "layers": layers}
+  return jax.tree.map(lambda x: split(x) if _is_layers_parent(x) else x, tree, is_leaf=_is_layers_parent)
+
+
+def stack_layers(tree: Any, like: Any) -> Any:
+  """The inverse of `unstack_layers`: per-layer subtrees stacked, placed as `like` (an abstract stacked tree)."""
+  is_old = lambda x: isinstance(x, dict) and isinstance(x.get("layers"), dict) and 0 in x["layers"]
+
+  def join(parent):
+    layers = parent["layers"]
+    return {**parent, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in range(len(layers))])}
+
+  stacked = jax.tree.map(lambda x: join(x) if is_old(x) else x, tree, is_leaf=is_old)
+  return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding) if getattr(a, "sharding", None) else x, stacked, like)
+
+
+
+
 def _find_checkpoint(path: pathlib.Path) -> pathlib.Path:
   """A concrete checkpoint dir from a step dir, a run dir or a checkpoints dir (newest)."""
   if (path / "state").exists():
@@ -254,20 +323,25 @@ def load_model(path: str | os.PathLike, dtype: str = "float32"):
   ckpt = _find_checkpoint(pathlib.Path(path))
   root = _config_root(ckpt)
   cfg_dict = json.loads((root / "model_config.json").read_text())
+  fields = {f.name for f in dataclasses.fields(model_lib.LlamaConfig)}
+  cfg_dict = {k: v for k, v in cfg_dict.items() if k in fields}    # an older file's `scan_layers`: gone
   cfg = dataclasses.replace(model_lib.LlamaConfig(**cfg_dict), dtype=dtype).validate()
   graphdef, abstract = model_lib.abstract_model(cfg)
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), model_lib.pure_dict(abstract))
   # A PPO state keeps the language model under params/policy (beside its value head).
   wrap = (lambda t: {"policy": t}) if "ppo" in read_meta(ckpt) else (lambda t: t)
+  per_layer = _stored_per_layer(ckpt / "state")
+  item = unstack_layers(target, _abstract_layer) if per_layer else target
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   restored, failure = faults.attempt(lambda: ckptr.restore((ckpt / "state").absolute(), args=ocp.args.PyTreeRestore(
-      item={"params": wrap(target)},
-      restore_args={"params": wrap(jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), target))},
+      item={"params": wrap(item)},
+      restore_args={"params": wrap(jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one), item))},
       partial_restore=True)))
   if failure is not None:
     raise DataError(f"{ckpt}: checkpoint does not read ({failure.reason})")
   params = restored["params"]["policy"] if "ppo" in read_meta(ckpt) else restored["params"]
+  params = stack_layers(params, target) if per_layer else params
   return nnx.merge(graphdef, params), (root / "tokenizer" if (root / "tokenizer").exists() else None)
 
 

@@ -1,7 +1,9 @@
 """Hugging Face interchange: LlamaForCausalLM directories <-> our NNX Llama.
 
 Parameter names mirror LlamaForCausalLM, so import/export is renaming plus a
-transpose of dense kernels (HF `[out, in]`, ours `[in, out]`).
+transpose of dense kernels (HF `[out, in]`, ours `[in, out]`). Our decoder layers are
+stacked (`layers/mlp/up_proj/kernel` is `[L, D, F]`); files hold HF's per-layer tensors
+(`model.layers.<i>.mlp.up_proj.weight`), stacked on import and unstacked on export.
 
 `load(spec)` accepts
   * a HF model directory (config.json + *.safetensors; transformers 4 or 5 keys),
@@ -91,19 +93,19 @@ def config_to_hf(cfg: model_lib.LlamaConfig, eos_token_id: int | None = None) ->
 
 # ---------------------------------------------------------------------------- weights
 
-def _hf_name(path: tuple) -> tuple[str, bool]:
-  """Our flat state path -> (HF tensor name, needs transpose)."""
+def _hf_name(path: tuple, layer: int | None = None) -> tuple[str, bool]:
+  """Our flat state path (and, inside the stacked layers, the layer index) -> (HF tensor name, needs transpose)."""
   if path == ("embed_tokens",):
     return "model.embed_tokens.weight", False
   if path == ("norm", "weight"):
     return "model.norm.weight", False
   if path == ("lm_head", "kernel"):
     return "lm_head.weight", True
-  if path[0] == "layers":
+  if path[0] == "layers" and layer is not None:
     rest = ".".join(str(p) for p in path[1:])
     if rest.endswith(".kernel"):
-      return f"model.layers.{rest[:-len('.kernel')]}.weight", True
-    return f"model.layers.{rest}", False
+      return f"model.layers.{layer}.{rest[:-len('.kernel')]}.weight", True
+    return f"model.layers.{layer}.{rest}", False
   raise ValueError(f"unmapped parameter {path}")
 
 
@@ -112,30 +114,38 @@ def _key(path) -> tuple:
 
 
 def from_tensors(cfg: model_lib.LlamaConfig, tensors: dict[str, np.ndarray], source: str) -> model_lib.Llama:
-  """Builds our model from HF-named tensors (any float dtype; stored as float32)."""
+  """Builds our model from HF-named tensors (any float dtype; stored as float32); per-layer tensors are stacked."""
   graphdef, state = model_lib.abstract_model(cfg)
 
-  def take(path, abstract):
-    name, transpose = _hf_name(_key(path))
+  def one(path, shape, layer=None):
+    name, transpose = _hf_name(path, layer)
     if name not in tensors:
       raise DataError(f"{source}: missing tensor {name}")
     value = np.asarray(tensors[name], dtype=np.float32)
     value = value.T if transpose else value
-    if value.shape != abstract.shape:
-      raise DataError(f"{source}: tensor {name} has shape {value.shape}, expected {abstract.shape} from config.json")
-    return jnp.asarray(value)
+    if value.shape != shape:
+      raise DataError(f"{source}: tensor {name} has shape {value.shape}, expected {shape} from config.json")
+    return value
+
+  def take(path, abstract):
+    path = _key(path)
+    if path[0] == "layers":
+      return jnp.asarray(np.stack([one(path, abstract.shape[1:], i) for i in range(cfg.num_layers)]))
+    return jnp.asarray(one(path, abstract.shape))
 
   return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(take, model_lib.pure_dict(state)))
 
 
 def to_tensors(model: model_lib.Llama) -> dict[str, np.ndarray]:
-  """HF-named float32 numpy tensors of our model."""
+  """HF-named float32 numpy tensors of our model (the stacked layers as one tensor per layer)."""
   out = {}
   leaves, _ = jax.tree_util.tree_flatten_with_path(model_lib.pure_dict(nnx.state(model, nnx.Param)))
   for path, value in leaves:
-    name, transpose = _hf_name(_key(path))
+    path = _key(path)
     value = np.asarray(jax.device_get(value), dtype=np.float32)
-    out[name] = np.ascontiguousarray(value.T if transpose else value)
+    for layer, v in (enumerate(value) if path[0] == "layers" else [(None, value)]):
+      name, transpose = _hf_name(path, layer)
+      out[name] = np.ascontiguousarray(v.T if transpose else v)
   return out
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llamalogue import checkpoint as ckpt_lib
-from llamalogue import faults, progress
+from llamalogue import faults, ops, progress
 from llamalogue.errors import LlamalogueError
 from llamalogue.metrics import MetricWriter
 from llamalogue.paths import atomic_write
@@ -229,6 +229,7 @@ def run_loop(workdir: str | pathlib.Path, settings: Settings, task: Task, *, con
   ckpts = ckpt_lib.RunCheckpoints(workdir, keep_latest=settings.keep_latest)
   if model_cfg is not None and lead:
     ckpts.write_run_files(model_cfg, tokenizer_dir)
+    print(f"{task.name}: {ops.describe_kernels(model_cfg)}", flush=True)   # the kernels chosen, on purpose
   state, meta = _start(task, ckpts)
   step, words, tokens = int(meta["step"]), int(meta.get("words", 0)), int(meta.get("tokens", 0))
   total, t_start, wall_before = settings.total_steps, time.perf_counter(), float(meta.get("wall_s", 0.0))

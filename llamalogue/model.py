@@ -39,7 +39,6 @@ class LlamaConfig:
   max_seq_len: int = 2048
   initializer_range: float = 0.02
   dtype: str = "float32"          # compute dtype; params are always float32
-  scan_layers: bool = False       # run the layers under one lax.scan (same values, faster compiles)
 
   @property
   def dim_per_head(self) -> int:
@@ -165,9 +164,10 @@ class Attention(nnx.Module):
     self.o_proj = Linear(cfg.num_heads * d, h, std, dtype, rngs=rngs)
 
   def __call__(self, x_BxLxD, cos_BxLxK, sin_BxLxK, cache=None):
-    """Causal self-attention; with `cache = (kv, mask_Bx1xLxT, end)` the new keys/values are
-    written at slots `end..end+L-1` of `kv` (`{"k", "v"}`, each `[B, G, T, K]`) and the
-    queries attend to the slots `mask` allows. Returns the output (and the new kv)."""
+    """Causal self-attention. With `cache = (k_LxBxGxTxK, v_LxBxGxTxK, layer, mask_Bx1xLxT, end)`
+    (every layer's cache, this layer's index) the new keys/values are written at slots
+    `end..end+L-1` of layer `layer` and the queries attend to the slots `mask` allows.
+    Returns the output (and the updated stacked k, v)."""
     b, l, _ = x_BxLxD.shape
     q_BxLxHxK = self.q_proj(x_BxLxD).reshape(b, l, self.num_heads, self.head_dim)
     k_BxLxGxK = self.k_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
@@ -175,17 +175,20 @@ class Attention(nnx.Module):
     if cache is None:
       out_BxLxHxK = ops.rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
       return self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
-    kv, mask_Bx1xLxT, end = cache
+    k_LxBxGxTxK, v_LxBxGxTxK, layer, mask_Bx1xLxT, end = cache
     q_BxLxHxK = ops.apply_rope(q_BxLxHxK, cos_BxLxK, sin_BxLxK)
     k_BxLxGxK = ops.apply_rope(k_BxLxGxK, cos_BxLxK, sin_BxLxK)
     # The cache is head-major: the attention's own transposes of it cancel (no copy per step).
-    write = lambda c, x: jax.lax.dynamic_update_slice(c, jnp.swapaxes(x, 1, 2).astype(c.dtype), (0, 0, end, 0))
-    k_BxGxTxK, v_BxGxTxK = write(kv["k"], k_BxLxGxK), write(kv["v"], v_BxLxGxK)
+    # Only the new tokens are written, in place in the stacked cache (it is the scan's carry).
+    write = lambda c, x: jax.lax.dynamic_update_slice(
+        c, jnp.swapaxes(x, 1, 2)[None].astype(c.dtype), (layer, 0, 0, end, 0))
+    k_LxBxGxTxK, v_LxBxGxTxK = write(k_LxBxGxTxK, k_BxLxGxK), write(v_LxBxGxTxK, v_BxLxGxK)
+    k_BxGxTxK, v_BxGxTxK = k_LxBxGxTxK[layer], v_LxBxGxTxK[layer]
     out_BxLxHxK = jax.nn.dot_product_attention(
         q_BxLxHxK, jnp.swapaxes(k_BxGxTxK, 1, 2).astype(q_BxLxHxK.dtype),
         jnp.swapaxes(v_BxGxTxK, 1, 2).astype(q_BxLxHxK.dtype), mask=mask_Bx1xLxT)
     out_BxLxD = self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
-    return out_BxLxD, {"k": k_BxGxTxK, "v": v_BxGxTxK}
+    return out_BxLxD, k_LxBxGxTxK, v_LxBxGxTxK
 
 
 class MLP(nnx.Module):
@@ -209,13 +212,24 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(cfg, dtype, rngs=rngs)
 
   def __call__(self, x_BxLxD, cos, sin, cache=None):
-    """The residual block; with a `cache` (see Attention) returns `(x, new kv)`."""
+    """The residual block; with a `cache` (see Attention) returns `(x, new k, new v)`."""
     if cache is None:
       x_BxLxD = x_BxLxD + self.self_attn(self.input_layernorm(x_BxLxD), cos, sin)
       return x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
-    attn_BxLxD, kv = self.self_attn(self.input_layernorm(x_BxLxD), cos, sin, cache)
+    attn_BxLxD, k, v = self.self_attn(self.input_layernorm(x_BxLxD), cos, sin, cache)
     x_BxLxD = x_BxLxD + attn_BxLxD
-    return x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD)), kv
+    return x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD)), k, v
+
+
+def stacked_layers(cfg: LlamaConfig, dtype, rngs: nnx.Rngs) -> DecoderLayer:
+  """One DecoderLayer whose parameters hold all `num_layers` layers, stacked on a leading axis.
+
+  The layers draw their random values one after another, as separately built layers
+  would, so a seed gives the parameters it gave before the layers were stacked.
+  """
+  layers = [DecoderLayer(cfg, dtype, rngs=rngs) for _ in range(cfg.num_layers)]
+  graphdef = nnx.graphdef(layers[0])
+  return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(layer) for layer in layers]))
 
 
 class Llama(nnx.Module):
@@ -229,7 +243,7 @@ class Llama(nnx.Module):
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
     self.embed_tokens = _normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.initializer_range)
-    self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.layers = stacked_layers(cfg, dtype, rngs)    # every parameter `[num_layers, ...]`
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
     if not cfg.tie_embeddings:
       self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, cfg.initializer_range, dtype, rngs=rngs)
@@ -257,14 +271,16 @@ class Llama(nnx.Module):
       return self.embed_tokens[...].astype(dtype).T
     return self.lm_head.kernel[...].astype(dtype)
 
-  def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None, cache: dict | None = None):
+  def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None, cache: dict | None = None,
+             layers: list | None = None):
     """The final normalised hidden states `[B, L, D]` (the output head's input).
 
     Without a cache: causal attention over the L tokens (positions default to 0..L-1).
     With a cache (`init_cache`): the tokens fill slots `end..end+L-1` and attend to every
     slot whose position is >= 0 and <= their own (positions default to `end + 0..L-1`;
     give -1 to padding tokens); returns `(hidden, new cache)`. The caller sizes the cache:
-    writing past its last slot is not checked inside jit.
+    writing past its last slot is not checked inside jit. `layers`: `layer_views()` taken once
+    by a caller that runs many forwards in a loop (see there).
     """
     dtype = jnp.dtype(self.cfg.dtype)
     b, l = tokens_BxL.shape
@@ -274,59 +290,99 @@ class Llama(nnx.Module):
     cos, sin = rope_cos_sin(positions_BxL, self.cfg.dim_per_head, self.cfg.rope_theta)
     x_BxLxD = jnp.take(self.embed_tokens[...], tokens_BxL, axis=0).astype(dtype)
     if cache is None:
-      return self.norm(self._layers(x_BxLxD, cos, sin))
+      return self.norm(self.run_layers(x_BxLxD, cos, sin, layers=layers))
     end = cache["end"]
     key_pos_BxT = jax.lax.dynamic_update_slice(cache["positions"], positions_BxL.astype(jnp.int32), (0, end))
     query_pos_BxLx1 = positions_BxL.astype(jnp.int32)[:, :, None]
     mask_Bx1xLxT = ((key_pos_BxT[:, None, :] >= 0) & (key_pos_BxT[:, None, :] <= query_pos_BxLx1))[:, None]
-    x_BxLxD, kv = self._layers(x_BxLxD, cos, sin, (cache["layers"], mask_Bx1xLxT, end))
-    return self.norm(x_BxLxD), {"layers": kv, "positions": key_pos_BxT, "end": end + l}
+    x_BxLxD, k, v = self.run_layers(x_BxLxD, cos, sin, (cache["k"], cache["v"], mask_Bx1xLxT, end), layers)
+    return self.norm(x_BxLxD), {"k": k, "v": v, "positions": key_pos_BxT, "end": end + l}
 
-  def _layers(self, x_BxLxD, cos, sin, cache=None):
-    """The decoder stack: a Python loop, or one lax.scan over the stacked layer states (`scan_layers`)."""
-    if self.cfg.scan_layers:
-      return _scan_layers(self.layers, x_BxLxD, cos, sin, cache)
+  def layer_views(self) -> list | None:
+    """Each layer's parameters sliced out of the stack (NNX states), or None where the layers run as a
+    rolled scan (`ops.layer_loop`), which slices them itself.
+
+    XLA:CPU copies a slice each time one is taken: a decode loop takes the views once, outside
+    the loop, and hands them to every step's `hidden(..., layers=views)`.
+    """
+    if ops.layer_loop() == "scan":
+      return None
+    stacked = nnx.state(self.layers)
+    return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.cfg.num_layers)]
+
+  def run_layers(self, x_BxLxD, cos, sin, cache=None, layers: list | None = None):
+    """The decoder stack on embeddings `[B, L, D]`; same values however it runs.
+
+    Accelerators (`ops.layer_loop` scan): one rolled lax.scan, one layer body to compile.
+    XLA:CPU (unrolled): a forward alone is the rolled scan too (fewest kernels to compile), but
+    under a gradient the scan is unrolled (`_stack_rolled_forward`): XLA:CPU carries a gradient
+    through a loop slowly. `layers` (`layer_views()`, taken outside a decode loop): those slices
+    applied in turn.
+
+    With `cache = (k_LxBxGxTxK, v_LxBxGxTxK, mask_Bx1xLxT, end)` each layer writes its new slots
+    in place in the stacked cache (the scan's carry); returns `(x, k, v)`. A cached forward is
+    never differentiated.
+    """
+    graphdef, stacked = nnx.split(self.layers)
+    if layers is not None:
+      if cache is None:
+        for view in layers:
+          x_BxLxD = nnx.merge(graphdef, view)(x_BxLxD, cos, sin)
+        return x_BxLxD
+      k, v, mask_Bx1xLxT, end = cache
+      for i, view in enumerate(layers):
+        x_BxLxD, k, v = nnx.merge(graphdef, view)(x_BxLxD, cos, sin, (k, v, i, mask_Bx1xLxT, end))
+      return x_BxLxD, k, v
     if cache is None:
-      for layer in self.layers:
-        x_BxLxD = layer(x_BxLxD, cos, sin)
-      return x_BxLxD
-    kvs, mask, end = cache
-    new_kvs = []
-    for layer, kv in zip(self.layers, kvs):
-      x_BxLxD, kv = layer(x_BxLxD, cos, sin, (kv, mask, end))
-      new_kvs.append(kv)
-    return x_BxLxD, new_kvs
+      if ops.layer_loop() == "scan":
+        return _layer_scan(graphdef, 1)(x_BxLxD, stacked, cos, sin)
+      return _stack_rolled_forward(graphdef, self.cfg.num_layers)(x_BxLxD, stacked, cos, sin)
+    k_LxBxGxTxK, v_LxBxGxTxK, mask_Bx1xLxT, end = cache
+
+    def body_cached(carry, xs):
+      x, k, v = carry
+      layer_state, i = xs
+      return nnx.merge(graphdef, layer_state)(x, cos, sin, (k, v, i, mask_Bx1xLxT, end)), None
+
+    layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+    return jax.lax.scan(body_cached, (x_BxLxD, k_LxBxGxTxK, v_LxBxGxTxK), (stacked, layer_ids))[0]
 
 
-def _scan_layers(layers, x_BxLxD, cos, sin, cache):
-  """The layers under one lax.scan: their NNX states are stacked on the fly (same values as the loop)."""
-  graphdef, _ = nnx.split(layers[0])
-  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(layer) for layer in layers])
-  if cache is None:
-    def body(x, state):
-      return nnx.merge(graphdef, state)(x, cos, sin), None
-    return jax.lax.scan(body, x_BxLxD, stacked)[0]
-  kvs, mask, end = cache
-  stacked_kv = jax.tree.map(lambda *xs: jnp.stack(xs), *kvs)
+def _layer_scan(graphdef, unroll: int):
+  """`(x, stacked layer state, cos, sin) -> x`: the layers under one lax.scan (`unroll` layers per trip)."""
+  def run(x_BxLxD, stacked, cos, sin):
+    body = lambda x, layer_state: (nnx.merge(graphdef, layer_state)(x, cos, sin), None)
+    return jax.lax.scan(body, x_BxLxD, stacked, unroll=unroll)[0]
+  return run
 
-  def body_cached(x, state_kv):
-    state, kv = state_kv
-    return nnx.merge(graphdef, state)(x, cos, sin, (kv, mask, end))
 
-  x_BxLxD, new_kv = jax.lax.scan(body_cached, x_BxLxD, (stacked, stacked_kv))
-  return x_BxLxD, [jax.tree.map(lambda a, i=i: a[i], new_kv) for i in range(len(kvs))]
+def _stack_rolled_forward(graphdef, num_layers: int):
+  """The layer stack for XLA:CPU: evaluated alone, the rolled scan; differentiated, the fully unrolled
+  scan's forward and backward (a custom VJP: same values, the gradient never goes through a loop)."""
+  rolled, unrolled = _layer_scan(graphdef, 1), _layer_scan(graphdef, num_layers)
+
+  @jax.custom_vjp
+  def run(x_BxLxD, stacked, cos, sin):
+    return rolled(x_BxLxD, stacked, cos, sin)
+
+  def fwd(x_BxLxD, stacked, cos, sin):
+    return jax.vjp(unrolled, x_BxLxD, stacked, cos, sin)
+
+  run.defvjp(fwd, lambda vjp_fn, g_BxLxD: vjp_fn(g_BxLxD))
+  return run
 
 
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
   """An empty KV cache for `max_len` slots: a plain pytree of arrays.
 
-  `layers`: per layer `{"k", "v"}`, each `[B, G, T, K]` (head-major; compute dtype unless `dtype`);
-  `positions`: `[B, T]` int32, the position of the token in each slot, -1 where empty or
-  padding (never attended to); `end`: int32 scalar, the slots written so far.
+  `k`, `v`: every layer's keys and values, `[L, B, G, T, K]` (layers stacked as the
+  parameters are; head-major; compute dtype unless `dtype`); `positions`: `[B, T]` int32,
+  the position of the token in each slot, -1 where empty or padding (never attended to);
+  `end`: int32 scalar, the slots written so far.
   """
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, cfg.num_kv_heads, max_len, cfg.dim_per_head)
-  return {"layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
+  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.dim_per_head)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
           "positions": jnp.full((batch, max_len), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 
 

@@ -17,15 +17,18 @@ Two kernel sets, picked at trace time by `select_kernels()` (the backend, or the
   contiguous, so XLA never fuses an elementwise op into a strided transpose. The log-prob
   backward reads the probabilities its forward kept, so logits are never recomputed.
 - `accelerator` (GPU/TPU): rotary embedding, then `jax.nn.dot_product_attention`
-  (cuDNN flash attention on GPU in bfloat16/float16, XLA otherwise; override with
-  `LLAMALOGUE_ATTENTION=xla|cudnn`). The log-probs are a scan over large token chunks with
-  logits in the compute dtype, logsumexp in float32, and a backward pass that recomputes
-  each chunk's logits (only `[tokens]` log-normalisers are kept).
+  (cuDNN flash attention on GPU in bfloat16/float16; XLA on TPU, where splash attention does
+  not take the 135M preset's head_dim 64; override with `LLAMALOGUE_ATTENTION=xla|cudnn`;
+  `attention_choice` says why, `describe_kernels` prints the whole choice in one line). The
+  log-probs are a scan over large token chunks with logits in the compute dtype, logsumexp in
+  float32, and a backward pass that recomputes each chunk's logits (only `[tokens]`
+  log-normalisers are kept).
 
 Both equal the plain formulation (full logits, then log-softmax) to rounding; the tests check
 values and gradients of both sets against it on CPU.
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -39,25 +42,94 @@ from llamalogue.errors import ConfigError
 KERNELS = ("cpu", "accelerator")
 
 
-def select_kernels(override: str | None = None) -> str:
-  """The kernel set to trace with: `override`, else $LLAMALOGUE_KERNELS, else by `jax.default_backend()`."""
+def select_kernels(override: str | None = None, backend: str | None = None) -> str:
+  """The kernel set to trace with: `override`, else $LLAMALOGUE_KERNELS, else by backend (`jax.default_backend()`)."""
   choice = override or os.environ.get("LLAMALOGUE_KERNELS", "") or "auto"
   if choice == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "accelerator"
+    return "cpu" if (backend or jax.default_backend()) == "cpu" else "accelerator"
   if choice not in KERNELS:
     raise ConfigError(f"LLAMALOGUE_KERNELS / kernels=: {choice!r} is not auto, cpu or accelerator")
   return choice
 
 
-def attention_implementation(dtype) -> str:
-  """`jax.nn.dot_product_attention`'s implementation: $LLAMALOGUE_ATTENTION, else cuDNN on GPU in 16 bits, else XLA."""
-  choice = os.environ.get("LLAMALOGUE_ATTENTION", "") or "auto"
+@contextlib.contextmanager
+def kernels_for(kernels: str):
+  """Traces inside pick `kernels` (e.g. `accelerator` while compiling for a TPU from a CPU host)."""
+  if kernels not in KERNELS:
+    raise ConfigError(f"kernels_for: {kernels!r} is not cpu or accelerator")
+  before = os.environ.get("LLAMALOGUE_KERNELS")
+  os.environ["LLAMALOGUE_KERNELS"] = kernels
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop("LLAMALOGUE_KERNELS", None)
+    else:
+      os.environ["LLAMALOGUE_KERNELS"] = before
+
+
+LAYER_LOOPS = ("scan", "unrolled")
+
+
+def layer_loop(kernels: str | None = None) -> str:
+  """How the decoder stack's lax.scan is lowered: $LLAMALOGUE_LAYERS (scan | unrolled), else by kernel set.
+
+  `scan` (accelerators): a rolled loop, so XLA compiles one layer body whatever the depth.
+  `unrolled` (XLA:CPU): each layer's slice applied in turn, no loop (a gradient carried through a
+  loop costs XLA:CPU 5-40% of a train step, measured); same stored layout, same values.
+  """
+  choice = os.environ.get("LLAMALOGUE_LAYERS", "") or "auto"
   if choice == "auto":
-    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
-  if choice not in ("xla", "cudnn"):
-    raise ConfigError(f"LLAMALOGUE_ATTENTION: {choice!r} is not auto, xla or cudnn")
+    return "unrolled" if select_kernels(kernels) == "cpu" else "scan"
+  if choice not in LAYER_LOOPS:
+    raise ConfigError(f"LLAMALOGUE_LAYERS: {choice!r} is not auto, scan or unrolled")
   return choice
+
+
+ATTENTIONS = ("xla", "cudnn")
+
+
+def attention_choice(dtype, head_dim: int, backend: str | None = None) -> tuple[str, str]:
+  """(implementation of `jax.nn.dot_product_attention`, why) for the accelerator kernels.
+
+  $LLAMALOGUE_ATTENTION (xla | cudnn) overrides. Otherwise, per backend:
+  - GPU: cuDNN flash attention in bfloat16/float16, XLA in float32 (cuDNN needs 16-bit inputs);
+  - TPU: XLA. Splash attention (jax.experimental.pallas.ops.tpu) does not support head_dim 64,
+    the 135M preset's (jax#30861), and no TPU kernel is wired in for other head dims either;
+  - CPU: XLA (the `cpu` kernel set has its own attention; this is the `accelerator` set traced on CPU).
+  """
+  backend = backend or jax.default_backend()
+  choice = os.environ.get("LLAMALOGUE_ATTENTION", "") or "auto"
+  if choice != "auto":
+    if choice not in ATTENTIONS:
+      raise ConfigError(f"LLAMALOGUE_ATTENTION: {choice!r} is not auto, xla or cudnn")
+    return choice, "set by LLAMALOGUE_ATTENTION"
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if backend == "gpu":
+    return ("cudnn", "cuDNN flash attention, 16-bit inputs") if half else ("xla", "cuDNN needs 16-bit inputs")
+  if backend == "tpu":
+    if head_dim % 128:
+      return "xla", f"splash attention does not support head_dim {head_dim} (jax#30861)"
+    return "xla", f"no TPU attention kernel wired in for head_dim {head_dim}"
+  return "xla", f"{backend}: XLA"
+
+
+def attention_implementation(dtype, head_dim: int = 64) -> str:
+  """`jax.nn.dot_product_attention`'s implementation (see `attention_choice`)."""
+  return attention_choice(dtype, head_dim)[0]
+
+
+def describe_kernels(cfg, backend: str | None = None) -> str:
+  """One line: the kernels a model of `cfg` traces with on `backend` (default: this process's), and why."""
+  backend = backend or jax.default_backend()
+  kernels = select_kernels(backend=backend)
+  layers = f"layers {layer_loop(kernels)} over {cfg.num_layers}"
+  if kernels == "cpu":
+    return (f"kernels cpu ({backend}): custom-VJP rotary attention and chunked head loss (256 tokens), {layers}; "
+            "LLAMALOGUE_KERNELS / LLAMALOGUE_LAYERS override")
+  impl, why = attention_choice(cfg.dtype, cfg.dim_per_head, backend)
+  return (f"kernels accelerator ({backend}): attention {impl} ({why}), chunked head loss (4096 tokens), {layers}; "
+          "LLAMALOGUE_KERNELS / LLAMALOGUE_ATTENTION / LLAMALOGUE_LAYERS override")
 
 
 def rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK, kernels: str | None = None):
@@ -72,7 +144,7 @@ def rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK, kernel
   cos, sin = jax.lax.stop_gradient(cos_BxLxK), jax.lax.stop_gradient(sin_BxLxK)
   q, k = apply_rope(q_BxLxHxK, cos, sin), apply_rope(k_BxLxGxK, cos, sin)
   return jax.nn.dot_product_attention(q, k, v_BxLxGxK, is_causal=True,
-                                      implementation=attention_implementation(q.dtype))
+                                      implementation=attention_implementation(q.dtype, q.shape[-1]))
 
 
 def apply_rope(x_BxLxHxK, cos_BxLxK, sin_BxLxK):

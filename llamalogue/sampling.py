@@ -185,8 +185,9 @@ def _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop
   t_max = max_new_tokens
   pad_B = p - prompt_len_B.astype(jnp.int32)
   pos_BxP = jnp.arange(p, dtype=jnp.int32)[None, :] - pad_B[:, None]
+  layers = model.layer_views()      # sliced once, not in every decode step (XLA:CPU copies each slice)
   h_BxPxD, cache = model.hidden(prompt_BxP, jnp.where(pos_BxP >= 0, pos_BxP, -1),
-                                model_lib.init_cache(model.cfg, b, p + t_max))
+                                model_lib.init_cache(model.cfg, b, p + t_max), layers)
   choice = {k: settings[k] for k in ("temperature", "top_p", "top_k", "greedy")}
   # every step's draws at once, outside the loop; each row from its own key
   u_TxB = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i), (t_max,)))(row_ids_B).T
@@ -213,7 +214,7 @@ def _sample_tokens(params, graphdef, prompt_BxP, prompt_len_B, rng, stop_V, stop
 
   def step(state):
     h_Bx1xD, cache = model.hidden(state["token"][:, None], (prompt_len_B + state["t"] - 1)[:, None],
-                                  state["cache"])
+                                  state["cache"], layers)
     return record(dict(state, cache=cache), model.logits(h_Bx1xD[:, 0]))
 
   zeros = jnp.zeros((b, t_max), jnp.float32)

@@ -2,7 +2,9 @@
 
 A `('data', 'fsdp')` mesh: batches are split over both axes, parameters and optimizer
 state over `fsdp` (ZeRO-3 style: XLA gathers them for each matmul). A rule names which
-dimension of a parameter goes on `fsdp`; a dimension that does not divide evenly stays
+dimension of a parameter goes on `fsdp`, counted from the end, so that one rule serves a
+`[D, F]` kernel and the decoder layers' stacked `[layers, D, F]` (the layer axis is never
+split: the scan over layers slices it); a dimension that does not divide evenly stays
 replicated. The step functions are `jax.jit` with `in_shardings`/`out_shardings`.
 """
 
@@ -17,13 +19,14 @@ from llamalogue.errors import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
 
-# (regex on the '/'-joined parameter path, dimension to shard over 'fsdp'); first match wins.
+# (regex on the '/'-joined parameter path, dimension to shard over 'fsdp' counted from the end:
+# -1 the last); first match wins.
 RULES: tuple[tuple[str, int | None], ...] = (
-    (r"embed_tokens", 0),                                 # [V, D]: shard the vocabulary
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel", 1),  # [D, out]: shard the output
-    (r"(o_proj|down_proj)/kernel", 0),                    # [in, D]: shard the input
-    (r"lm_head/kernel", 1),                               # [D, V]
-    (r".*", None),                                        # norms, scalars: replicated
+    (r"embed_tokens", -2),                                 # [V, D]: shard the vocabulary
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel", -1),  # [(L,) D, out]: shard the output
+    (r"(o_proj|down_proj)/kernel", -2),                    # [(L,) in, D]: shard the input
+    (r"lm_head/kernel", -1),                               # [D, V]
+    (r".*", None),                                         # norms, scalars: replicated
 )
 
 
@@ -58,7 +61,7 @@ def spec_for(path: str, shape: tuple[int, ...], fsdp_size: int) -> P:
   """The PartitionSpec of one array by the rule table."""
   for pattern, dim in RULES:
     if re.search(pattern, path):
-      if dim is None or len(shape) <= dim or shape[dim] % fsdp_size or fsdp_size == 1:
+      if dim is None or len(shape) < -dim or shape[dim] % fsdp_size or fsdp_size == 1:
         return P()
       spec = [None] * len(shape)
       spec[dim] = "fsdp"

@@ -57,7 +57,7 @@ def init_params(model_cfg, seed) -> tuple[nnx.GraphDef, dict]:
 def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(tx, lr schedule): AdamW with linear warmup + cosine decay (or linear decay), global-norm clipping.
 
-  Weight decay applies to matrices only (not norms). `opt_cfg` fields: lr, warmup_steps,
+  Weight decay applies to matrices only (not norms, stacked `[layers, D]` or not). `opt_cfg` fields: lr, warmup_steps,
   schedule ('cosine' | 'linear' | 'constant'), min_lr_ratio, b1, b2, eps, weight_decay, grad_clip.
   """
   lr, warmup = opt_cfg.lr, min(opt_cfg.warmup_steps, max(total_steps - 1, 0))
@@ -73,12 +73,18 @@ def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformat
     schedule = optax.constant_schedule(lr)
   else:
     raise ConfigError(f"config.optimizer.schedule: unknown schedule {kind!r} (cosine, linear, constant)")
-  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(lambda path, x: matrix_dims(path, x) >= 2, params)
   return optax.chain(
       optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.get("grad_clip", 0) else optax.identity(),
       optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
                   weight_decay=opt_cfg.weight_decay, mask=decay_mask),
   ), schedule
+
+
+def matrix_dims(path, x) -> int:
+  """The dimensions of one parameter as a layer sees it: the stacked decoder layers' leading axis not counted."""
+  stacked = any(getattr(k, "key", None) == "layers" for k in path)
+  return x.ndim - 1 if stacked else x.ndim
 
 
 def global_norm(tree) -> jax.Array:
@@ -99,9 +105,12 @@ class StateLayout:
   shardings: Any
   jitted: Callable[..., Any]
   args: tuple
+  mesh: Any = None
 
   def init(self) -> Any:
-    return self.jitted(*self.args)
+    # Loaded parameters sit on one device (of this process): they enter replicated over the mesh.
+    replicated = sharding_lib.replicated(self.mesh)
+    return self.jitted(*(distributed.to_global(a, replicated) for a in self.args))
 
 
 def state_layout(make_state: Callable[..., dict], mesh, *args) -> StateLayout:
@@ -114,10 +123,8 @@ def state_layout(make_state: Callable[..., dict], mesh, *args) -> StateLayout:
   """
   abstract = jax.eval_shape(make_state, *args)
   shardings = sharding_lib.tree_shardings(abstract, mesh)
-  # Loaded parameters sit on one device (of this process): they enter replicated over the mesh.
-  args = tuple(distributed.to_global(a, sharding_lib.replicated(mesh)) for a in args)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  return StateLayout(target, shardings, jax.jit(make_state, out_shardings=shardings), args)
+  return StateLayout(target, shardings, jax.jit(make_state, out_shardings=shardings), args, mesh)
 
 
 def pretrain_layout(model_cfg, tx, mesh, rng_key: jax.Array) -> StateLayout:

@@ -14,11 +14,12 @@ jitted statistics, are traced and lowered (never run) and checked for two things
   tables, zero-filled optimizer moments) are not counted: XLA never folds those.
 
 Two controls show the checks fail where they should: the old init (seed closed over)
-and a function that closes over a weight matrix.
+and a function that closes over a weight matrix. The same literal check runs on the
+TPU-compiled HLO of the tiny pre-training, DPO and PPO steps (tests/test_tpu_aot.py,
+`llamalogue.aot.hlo_problems`, with host callbacks and transfers).
 """
 
 import dataclasses
-import re
 
 import jax
 import jax.numpy as jnp
@@ -28,25 +29,12 @@ import pytest
 
 from llamalogue import model as M
 from llamalogue import sharding, step
+from llamalogue.aot import hlo_constants
 
 LIMIT = 1 << 20
-_DTYPE_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "i1": 1,
-                "ui64": 8, "ui32": 4, "ui16": 2, "ui8": 1, "s64": 8, "s32": 4, "s16": 2, "s8": 1,
-                "u64": 8, "u32": 4, "u16": 2, "u8": 1, "pred": 1}
 _KEY_PRIMITIVES = ("random_seed", "random_wrap")
-
-
-def literal_constants(text: str) -> list[tuple[str, int]]:
-  """(type, bytes) of every constant in StableHLO (`stablehlo.constant ... : tensor<4x8xf32>`) or HLO
-  (`f32[4,8]{1,0} constant(...)`) text."""
-  found = []
-  for dims, dt in re.findall(r"stablehlo\.constant .*?: tensor<((?:\d+x)*)(\w+)>", text):
-    shape = [int(d) for d in dims.split("x") if d]
-    found.append((f"tensor<{dims}{dt}>", int(np.prod(shape, dtype=np.int64)) * _DTYPE_BYTES.get(dt, 4)))
-  for dt, dims in re.findall(r"= (\w+)\[([\d,]*)\](?:\{[^}]*\})? constant\(", text):
-    shape = [int(d) for d in dims.split(",") if d]
-    found.append((f"{dt}[{dims}]", int(np.prod(shape, dtype=np.int64)) * _DTYPE_BYTES.get(dt, 4)))
-  return found
+# (type, bytes) of every constant in StableHLO or HLO text; tests/test_tpu_aot.py applies it to TPU-compiled HLO.
+literal_constants = hlo_constants
 
 
 def _nbytes(aval) -> int:

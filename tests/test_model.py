@@ -42,10 +42,7 @@ def test_causality_by_gradients():
     graphdef, state = nnx.split(model)
     m = nnx.merge(graphdef, state)
     cos, sin = M.rope_cos_sin(jnp.arange(8)[None], m.cfg.dim_per_head, m.cfg.rope_theta)
-    h = x_BxLxD
-    for layer in m.layers:
-      h = layer(h, cos, sin)
-    return (m.lm_head(m.norm(h))[0, t]).sum()
+    return (m.lm_head(m.norm(m.run_layers(x_BxLxD, cos, sin)))[0, t]).sum()
 
   for t in range(8):
     g = jax.grad(logits_from_embeddings)(x, t)
@@ -128,17 +125,41 @@ def test_cached_forward_equals_full_forward():
     np.testing.assert_allclose(np.concatenate(got[b]), np.asarray(full), atol=2e-5, rtol=0)
 
 
-def test_scan_layers_gives_identical_values():
+def _per_layer_forward(model, tokens_BxL):
+  """The reference: each layer's parameters sliced out of the stack and applied in a Python loop."""
+  graphdef, stacked = nnx.split(model.layers)
+  cos, sin = M.rope_cos_sin(jnp.arange(tokens_BxL.shape[1])[None], model.cfg.dim_per_head, model.cfg.rope_theta)
+  h = jnp.take(model.embed_tokens[...], tokens_BxL, axis=0)
+  for i in range(model.cfg.num_layers):
+    h = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], stacked))(h, cos, sin)
+  return model.logits(model.norm(h))
+
+
+def test_layers_are_stacked():
   cfg = _small(num_layers=3)
-  graphdef, params = nnx.split(M.Llama(cfg, rngs=nnx.Rngs(0)))
-  scan_def, _ = nnx.split(M.Llama(dataclasses.replace(cfg, scan_layers=True), rngs=nnx.Rngs(0)))
+  params = M.pure_dict(nnx.state(M.Llama(cfg, rngs=nnx.Rngs(0))))
+  assert params["layers"]["self_attn"]["q_proj"]["kernel"].shape == (3, 32, 32)
+  assert params["layers"]["self_attn"]["k_proj"]["kernel"].shape == (3, 32, 16)
+  assert params["layers"]["input_layernorm"]["weight"].shape == (3, 32)
+  cache = M.init_cache(cfg, 2, 8)
+  assert cache["k"].shape == cache["v"].shape == (3, 2, 2, 8, 8)
+
+
+@pytest.mark.parametrize("loop", ["scan", "unrolled"])
+def test_layer_loops_give_identical_values(loop, monkeypatch):
+  """The rolled scan and the unrolled one equal a per-layer Python loop: forward, cached forward, gradients."""
+  cfg = _small(num_layers=3)
+  model = M.Llama(cfg, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
   tokens = jnp.array([[1, 2, 3, 4, 5, 6]])
-  full = jax.jit(lambda p, t, g: nnx.merge(g, p)(t), static_argnums=2)
-  cached = jax.jit(lambda p, t, g: nnx.merge(g, p)(t, None, M.init_cache(cfg, 1, 8))[0], static_argnums=2)
-  np.testing.assert_array_equal(np.asarray(full(params, tokens, scan_def)), np.asarray(full(params, tokens, graphdef)))
-  np.testing.assert_array_equal(np.asarray(cached(params, tokens, scan_def)),
-                                np.asarray(cached(params, tokens, graphdef)))
-  loss = lambda g: jax.grad(lambda p: M.next_token_loss(p, g, {"inputs": tokens, "targets": tokens,
-                                                               "loss_mask": jnp.ones((1, 6))})[0])(M.pure_dict(params))
-  for a, b in zip(jax.tree.leaves(loss(scan_def)), jax.tree.leaves(loss(graphdef))):
+  batch = {"inputs": tokens, "targets": tokens, "loss_mask": jnp.ones((1, 6))}
+  ref_full = _per_layer_forward(model, tokens)
+  ref_grad = jax.grad(lambda p: M.next_token_loss(p, graphdef, batch)[0])(M.pure_dict(params))
+  monkeypatch.setenv("LLAMALOGUE_LAYERS", loop)
+  full = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))(params, tokens)
+  cached = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t, None, M.init_cache(cfg, 1, 8))[0])(params, tokens)
+  grad = jax.jit(jax.grad(lambda p: M.next_token_loss(p, graphdef, batch)[0]))(M.pure_dict(params))
+  np.testing.assert_allclose(np.asarray(full), np.asarray(ref_full), atol=2e-6, rtol=0)
+  np.testing.assert_allclose(np.asarray(cached), np.asarray(ref_full), atol=2e-5, rtol=0)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

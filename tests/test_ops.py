@@ -251,6 +251,41 @@ def test_kernel_selection(monkeypatch):
   assert ops.attention_implementation(jnp.bfloat16) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
 
 
+def test_attention_choice_per_backend_is_explicit(monkeypatch):
+  """TPU: XLA attention (splash does not take the 135M head_dim 64, jax#30861); GPU: cuDNN in 16 bits;
+  LLAMALOGUE_ATTENTION overrides; the start-up line says all of it."""
+  monkeypatch.delenv("LLAMALOGUE_ATTENTION", raising=False)
+  monkeypatch.delenv("LLAMALOGUE_KERNELS", raising=False)
+  monkeypatch.delenv("LLAMALOGUE_LAYERS", raising=False)
+  impl, why = ops.attention_choice(jnp.bfloat16, 64, backend="tpu")
+  assert impl == "xla" and "30861" in why and "head_dim 64" in why
+  assert ops.attention_choice(jnp.bfloat16, 128, backend="tpu")[0] == "xla"
+  assert ops.attention_choice(jnp.bfloat16, 64, backend="gpu")[0] == "cudnn"
+  assert ops.attention_choice(jnp.float32, 64, backend="gpu")[0] == "xla"
+  cfg = dataclasses.replace(M.PRESETS["llamalogue_135m"], dtype="bfloat16")
+  line = ops.describe_kernels(cfg, backend="tpu")
+  assert "\n" not in line and "kernels accelerator (tpu)" in line and "attention xla" in line
+  assert "layers scan over 16" in line
+  assert "layers unrolled over 16" in ops.describe_kernels(cfg, backend="cpu")
+  monkeypatch.setenv("LLAMALOGUE_ATTENTION", "cudnn")
+  assert ops.attention_choice(jnp.bfloat16, 64, backend="tpu") == ("cudnn", "set by LLAMALOGUE_ATTENTION")
+  monkeypatch.setenv("LLAMALOGUE_ATTENTION", "splash")
+  with pytest.raises(ConfigError, match="LLAMALOGUE_ATTENTION"):
+    ops.attention_choice(jnp.bfloat16, 64, backend="tpu")
+  monkeypatch.delenv("LLAMALOGUE_ATTENTION")
+  monkeypatch.setenv("LLAMALOGUE_LAYERS", "unrolled")
+  assert "layers unrolled over 16" in ops.describe_kernels(cfg, backend="tpu")
+  assert ops.layer_loop(kernels="accelerator") == "unrolled"
+  monkeypatch.setenv("LLAMALOGUE_LAYERS", "rolled")
+  with pytest.raises(ConfigError, match="LLAMALOGUE_LAYERS"):
+    ops.layer_loop()
+  monkeypatch.delenv("LLAMALOGUE_LAYERS")
+  assert ops.layer_loop(kernels="accelerator") == "scan" and ops.layer_loop(kernels="cpu") == "unrolled"
+  with ops.kernels_for("accelerator"):
+    assert ops.select_kernels() == "accelerator"
+  assert ops.select_kernels() == ("cpu" if jax.default_backend() == "cpu" else "accelerator")
+
+
 def test_accelerator_attention_goes_through_dot_product_attention(monkeypatch):
   """The accelerator set calls jax.nn.dot_product_attention with the chosen implementation."""
   seen = []

@@ -57,6 +57,11 @@ def test_rule_table():
   assert sharding.spec_for("params/layers/0/mlp/down_proj/kernel", (48, 32), 4) == P("fsdp", None)
   assert sharding.spec_for("params/norm/weight", (32,), 4) == P()
   assert sharding.spec_for("params/layers/0/self_attn/k_proj/kernel", (32, 6), 4) == P()  # 6 % 4: replicated
+  # The stacked decoder layers `[layers, ...]`: the same dimension counted from the end, never the layer axis.
+  assert sharding.spec_for("params/layers/self_attn/q_proj/kernel", (2, 32, 32), 4) == P(None, None, "fsdp")
+  assert sharding.spec_for("params/layers/mlp/down_proj/kernel", (2, 48, 32), 4) == P(None, "fsdp", None)
+  assert sharding.spec_for("params/layers/input_layernorm/weight", (2, 32), 4) == P()
+  assert sharding.spec_for("opt_state/0/mu/layers/mlp/up_proj/kernel", (4, 32, 48), 4) == P(None, None, "fsdp")
 
 
 @pytest.mark.parametrize("data,fsdp", [(8, 1), (2, 4), (1, 8)])

@@ -105,6 +105,8 @@ def test_sigkill_and_rerun_is_bit_identical(tmp_path, prepared, uninterrupted):
   rerun = _main(wd)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "resuming from step" in rerun.stdout + rerun.stderr
+  # the kernel choice, one line at start-up
+  assert [l for l in rerun.stdout.splitlines() if l.startswith("pretrain: kernels cpu (cpu): ")], rerun.stdout[:2000]
   a, b = _final_params(uninterrupted), _final_params(wd)
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
