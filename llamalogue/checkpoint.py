@@ -28,6 +28,7 @@ old run directories resume, fine-tune and evaluate as before.
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import re
@@ -48,6 +49,19 @@ from llamalogue.paths import atomic_write
 from llamalogue.errors import DataError, LlamalogueError
 
 MILESTONES, LATEST = "milestones", "latest"
+
+
+class _ItemMetadataNote(logging.Filter):
+  """Orbax warns that `<step>/state/_CHECKPOINT_METADATA` is missing whenever one item of a step is read
+  on its own (`load_model`, the layout probe): that file lives one level up, in the step directory, so
+  the warning says nothing wrong; it is dropped, every other orbax message is kept."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.getMessage().startswith("Metadata file does not exist")
+                and "_CHECKPOINT_METADATA" in record.getMessage())
+
+
+logging.getLogger("absl").addFilter(_ItemMetadataNote())
 
 
 def _manager(directory: pathlib.Path, prefix: str, max_to_keep: int | None) -> ocp.CheckpointManager:

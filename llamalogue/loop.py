@@ -195,10 +195,14 @@ class SavePolicy:
 def _check(name: str, metrics: dict, at_step: int, ckpts, workdir: pathlib.Path) -> None:
   """Stops the run on a step that reported a non-finite loss or gradient (its update was skipped)."""
   if not bool(np.asarray(metrics["finite"])):
-    shown = ", ".join(f"{k}={float(np.asarray(v))}" for k, v in metrics.items()
-                      if k in ("loss", "grad_norm") and np.ndim(v) == 0)
-    raise LlamalogueError(f"{name}: non-finite loss at step {at_step} ({shown}); stopped, the last good "
-                          f"checkpoint is step {ckpts.latest_step()} in {workdir / 'checkpoints' / 'latest'}")
+    scalars = {k: float(np.asarray(v)) for k, v in metrics.items() if k != "finite" and np.ndim(v) == 0}
+    bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
+    shown = bad or {k: v for k, v in scalars.items() if k.endswith("loss") or "loss/" in k or k == "grad_norm"}
+    shown = ", ".join(f"{k}={v:.6g}" for k, v in list(shown.items())[:6]) or "a non-finite gradient"
+    last = ckpts.latest_step()
+    last = f"step {last}" if last is not None else "none (the run stops before its first checkpoint)"
+    raise LlamalogueError(f"{name}: non-finite loss or gradient at step {at_step} ({shown}); stopped, the last "
+                          f"good checkpoint is {last} in {workdir / 'checkpoints' / 'latest'}")
 
 
 def _start(task: Task, ckpts) -> tuple[Any, dict]:

@@ -77,14 +77,17 @@ class PPOConfig:
 # ---------------------------------------------------------------------------- trl.core helpers
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-  return jnp.sum(x * mask) / jnp.sum(mask)
+  """trl.core.masked_mean; an all-zero mask gives 0, not 0/0. A mini-batch whose rows all hold empty
+  replies (`response="reply"`: a reply that parses to nothing has no tokens) adds no loss and no gradient."""
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def masked_var(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """Unbiased (Bessel-corrected) variance over the masked entries, as trl.core.masked_var."""
+  """Unbiased (Bessel-corrected) variance over the masked entries, as trl.core.masked_var (0 for
+  fewer than two entries, where trl's correction divides by zero)."""
   centered = x - masked_mean(x, mask)
   n = jnp.sum(mask)
-  return masked_mean(centered ** 2, mask) * (n / (n - 1))
+  return masked_mean(centered ** 2, mask) * jnp.where(n > 1, n / jnp.maximum(n - 1, 1.0), 0.0)
 
 
 def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:

@@ -54,9 +54,8 @@ def test_per_layer_checkpoint_resumes_onto_stacked_shardings(tmp_path):
   state = jax.tree.map(lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, state)  # moments non-zero
   run = _old_run_dir(tmp_path, state)
   mesh = sharding.make_mesh(1, 8)
-  abstract = step.abstract_train_state(CFG, tx)
-  shardings = sharding.tree_shardings(abstract, mesh)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  target = step.pretrain_layout(CFG, tx, mesh, jax.random.key(3)).target
+  abstract = jax.tree.map(lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype), target)
   restored, meta = ckpt_lib.RunCheckpoints(run).restore_latest(target)
   assert meta["words"] == 40
   assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(abstract)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from llamalogue.errors import ConfigError
 from rl.dpo import dpo_loss
 
 # One pair, by hand: h = (pc - pr) - (rc - rr) = (-10 + 12) - (-11 + 11.5) = 1.5; beta = 0.1, beta*h = 0.15.
@@ -86,5 +87,5 @@ def test_equals_trl_dpo_loss(loss_type, beta, label_smoothing):
 
 
 def test_unknown_loss_type():
-  with pytest.raises(ValueError, match="loss_type"):
+  with pytest.raises(ConfigError, match=r"config\.dpo\.loss_type: 'robust' is not one of"):
     one("robust")

@@ -480,6 +480,37 @@ def test_ppo_update_equals_trl_step_in_torch():
                              atol=2e-5)
 
 
+def test_mini_batches_of_empty_replies_add_nothing_and_stay_finite():
+  """`response="reply"`: a reply that parses to nothing has no tokens. With 7 of 8 rows empty, some mini-batch
+  holds only empty rows (trl's masked_mean would be 0/0 there): the update stays finite, learns from the one
+  reply, and a mini-batch of empty rows alone changes nothing but Adam's step count."""
+  assert float(ppo.masked_mean(jnp.ones(3), jnp.zeros(3))) == 0.0
+  assert float(ppo.masked_var(jnp.arange(3.0), jnp.array([0.0, 1.0, 0.0]))) == 0.0
+  cfg = UPDATE_CFG
+  _, graphdef, llama = _tiny_model(0)
+  _, _, ref_llama = _tiny_model(3)
+  tokens, masks = _rollout_tokens(2, [2, 3, 1, 4, 2, 2, 3, 1], [4, 0, 0, 0, 0, 0, 0, 0], 8, TINY.vocab_size)
+  tx, _ = ppo.make_optimizer(cfg)
+  state = ppo.init_state(llama, _value_head(), tx, cfg)
+  before = jax.tree.map(np.asarray, state["params"])
+  rollout = dict(ppo.jit_score_rollout(graphdef, cfg)(state["params"], ref_llama, jnp.asarray(tokens),
+                                                      jnp.asarray(masks)),
+                 tokens=jnp.asarray(tokens), masks=jnp.asarray(masks), scores=jnp.linspace(-1.0, 1.0, 8))
+  new_state, stats = ppo.jit_ppo_update(graphdef, cfg, tx)(state, rollout, jax.random.key(7))
+  assert bool(stats["finite"]) and int(new_state["step"]) == 1
+  assert all(np.isfinite(float(v)) for k, v in stats.items() if k.startswith("ppo/loss"))
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), new_state["params"], before)
+  assert max(jax.tree.leaves(moved)) > 1e-4
+
+  empty = dict(rollout, masks=jnp.zeros_like(rollout["masks"]))
+  state = ppo.init_state(llama, _value_head(), tx, cfg)
+  loss, _ = ppo.ppo_loss(*(jnp.zeros((2, 8)),) * 5, jnp.zeros((2, 8)), jnp.ones((2, 8)), jnp.ones((2, 8)), cfg)
+  assert float(loss) == 0.0
+  still, stats = ppo.jit_ppo_update(graphdef, cfg, tx)(state, empty, jax.random.key(7))
+  assert bool(stats["finite"])
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, still["params"]), before)
+
+
 def test_update_on_8_devices_equals_1_device():
   """score_rollout and ppo_update sharded over a (data 4, fsdp 2) mesh give the single-device numbers."""
   cfg = UPDATE_CFG
