@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 from scipy.stats import binomtest
 
@@ -210,3 +211,43 @@ def test_seed_runs_of_two_stages_get_distinct_names(tmp_path):
   names = {run_lib.checkpoint_name(str(tmp_path / s / "seed_1")) for s in ("dpo_natural", "dpo_synthetic")}
   assert names == {"dpo_natural-seed_1", "dpo_synthetic-seed_1"}
   assert run_lib.checkpoint_name(str(tmp_path / "dpo_natural")) == "dpo_natural"
+
+
+def _write_preds(path: pathlib.Path, correct_by_task: dict) -> None:
+  path.mkdir(parents=True, exist_ok=True)
+  rows = [{"task": t, "uid": f"{t}/{sub}/{i}", "subtask": sub, "correct": bool(c)}
+          for t, subs in correct_by_task.items() for sub, cs in subs.items() for i, c in enumerate(cs)]
+  (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_pool_seed_runs_beside_the_study(tmp_path, capsys):
+  """`python -m evaluation.pool`: per-seed effects, mean ± sd over seeds, the paired test on the pooled
+  predictions, and the study's row for a label it knows; a missing run directory is one line, status 2."""
+  from evaluation import pool
+  rs = np.random.RandomState(0)
+  base = {"dialogue_word": {"word_matched": rs.rand(300) < 0.55}, "zorro": {"a": rs.rand(40) < 0.6,
+                                                                            "b": rs.rand(40) < 0.6}}
+  runs = []
+  for k in range(2):
+    run = tmp_path / f"dpo_s{k}"
+    better = {t: {s: c | (rs.rand(c.size) < 0.1) for s, c in subs.items()} for t, subs in base.items()}
+    _write_preds(run / "eval" / run.name, better)
+    _write_preds(run / "eval" / "base", base)
+    runs.append(run)
+  out = tmp_path / "out"
+  assert pool.main(["--base", str(tmp_path / "base"), "--out", str(out),
+                    "--group", "+ DPO naturalistic=" + ",".join(map(str, runs))]) == 0
+  res = json.loads((out / "pool.json").read_text())
+  (g,) = res["groups"]
+  singles = [s["effects"]["dialogue_word"] for s in g["seeds"]]
+  pooled = g["pooled_effect"]["dialogue_word"]
+  assert pooled["seeds"] == 2 and pooled["items"] == 300 and pooled["excludes_zero"]
+  assert pooled["difference"] == pytest.approx(np.mean([s["difference"] for s in singles]))
+  assert g["effect_over_seeds"]["dialogue_word"]["sd"] == pytest.approx(
+      np.std([s["difference"] for s in singles], ddof=1))
+  assert g["study"]["dialogue_word"]["value"] == 68.4 and g["study_effect"]["dialogue_word"] == pytest.approx(4.1)
+  assert "+ DPO naturalistic (pooled, 2 seeds)" in (out / "pool.md").read_text()
+  capsys.readouterr()
+  assert pool.main(["--base", "b", "--out", str(out), "--group", f"x={tmp_path / 'nope'}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: --group 'x':") and "is not a directory" in err[0]
