@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 
 import jax
@@ -85,12 +86,23 @@ def initialize(cfg) -> None:
 PEER_LOST = 75   # EX_TEMPFAIL: the job failed because another process did; rerun every process to resume
 
 
+_FINISHED = threading.Event()   # this process's job ended normally (finished()): the coordinator may go away
+_STAMP: list = []               # the watchdog's stamp function, once started
+
+
+def finished() -> None:
+  """Tells the other processes that this one ended its job normally (modes.run_mode calls it after the mode
+  returned), so that its exit, and the coordinator's going away with process 0, is not taken for a crash."""
+  _FINISHED.set()
+  if _STAMP:
+    _quiet(lambda: _STAMP[0]("done"))
+
+
 def _start_watchdog(stale_s: float) -> None:
   import atexit
-  import threading
   client, me, n = _client(), jax.process_index(), jax.process_count()
   seen = {i: time.monotonic() for i in range(n)}
-  last = {}
+  last, done = {}, set()
 
   def stamp(value: str) -> None:
     client.key_value_set(f"llamalogue/alive/{me}", value, allow_overwrite=True)
@@ -100,20 +112,27 @@ def _start_watchdog(stale_s: float) -> None:
     while True:
       count += 1
       try:
-        stamp(str(count))
+        if not _FINISHED.is_set():
+          stamp(str(count))
         for i in range(n):
           if i == me:
             continue
           value = client.key_value_try_get(f"llamalogue/alive/{i}")
-          if value == "exit":
-            seen[i] = float("inf")
+          if value == "done":
+            done.add(i)
+          elif value == "exit" and i not in done:
+            _die(f"process {i} of {n} exited before the job ended (its own output says why)")
           elif value != last.get(i):
             last[i], seen[i] = value, time.monotonic()
         now = time.monotonic()
-        gone = [i for i in range(n) if i != me and now - seen[i] > stale_s]
-        if gone:
+        gone = [i for i in range(n) if i != me and i not in done and now - seen[i] > stale_s]
+        if gone:   # also once this process is done: its shutdown would wait on the lost peer
           _die(f"process {gone[0]} of {n} stopped answering ({stale_s:.0f} s): it died or was killed")
       except Exception as e:  # noqa: BLE001 (the coordinator lives in process 0: if it died, every call fails)
+        # At the end of a job the coordinator goes away with process 0 once it is done, or with this
+        # process's own shutdown: that is the job ending, not a peer lost.
+        if _FINISHED.is_set() or 0 in done:
+          return
         if "NOT_FOUND" not in str(e):
           _die(f"the coordinator stopped answering ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
                "process 0 died or was killed")
@@ -124,7 +143,10 @@ def _start_watchdog(stale_s: float) -> None:
           "command on every process to resume", file=sys.stderr, flush=True)
     os._exit(PEER_LOST)
 
-  atexit.register(lambda: _quiet(lambda: stamp("exit")))
+  _STAMP.append(stamp)
+  # Runs before jax's own distributed shutdown (atexit: last in, first out). A process leaving without
+  # finished() (an error, a signal) says `exit`, and the others stop at once instead of waiting on it.
+  atexit.register(lambda: _quiet(lambda: stamp("done" if _FINISHED.is_set() else "exit")))
   threading.Thread(target=watch, name="llamalogue-watchdog", daemon=True).start()
 
 

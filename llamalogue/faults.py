@@ -57,9 +57,10 @@ class Preempted(BaseException):
   """A stop asked for by a signal. A BaseException (like KeyboardInterrupt), so that no `except
   Exception` on the way turns it into another error. `str()` is the one line to print."""
 
-  def __init__(self, line: str, signum: int):
+  def __init__(self, line: str, signum: int, at_a_step: bool = False):
     super().__init__(line)
     self.signum = signum
+    self.at_a_step = at_a_step   # a loop's stop: in a multi-process job, every process stops at this step
 
   @property
   def status(self) -> int:
@@ -69,11 +70,11 @@ class Preempted(BaseException):
   @classmethod
   def at_step(cls, name: str, signum: int, step: int, checkpoint) -> "Preempted":
     return cls(f"{name}: {signal_name(signum)} at step {step}: checkpoint saved in {checkpoint}; "
-               "rerun the same command to resume", signum)
+               "rerun the same command to resume", signum, at_a_step=True)
 
   def within(self, where: str) -> "Preempted":
     """The same stop, its line prefixed by where it happened (a study stage)."""
-    return Preempted(f"{where}: {self}", self.signum)
+    return Preempted(f"{where}: {self}", self.signum, self.at_a_step)
 
 
 def signal_name(signum: int) -> str:
@@ -382,10 +383,26 @@ def attempt(fn: Callable[[], object]):
           t.join(max(0.0, deadline - time.monotonic()))
       gc.collect()
   finally:
-    sys.unraisablehook = hook
+    # A failed read can leave orbax coroutines in its event-loop thread that are collected only later:
+    # from now on their "Exception ignored in <coroutine ...>" reports are dropped too (nothing else is).
+    sys.unraisablehook = _without_orbax_leftovers(hook) if failure is not None else hook
     for lg, h in zip(loggers, holds):
       lg.removeFilter(h)
       if failure is None:
         for record in h.records:
           lg.handle(record)
   return result, failure
+
+
+def _without_orbax_leftovers(hook):
+  if getattr(hook, "drops_orbax_leftovers", False):
+    return hook
+
+  def filtered(unraisable) -> None:
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+      return
+    hook(unraisable)
+
+  filtered.drops_orbax_leftovers = True
+  return filtered

@@ -46,4 +46,11 @@ def run_mode(config, workdir: str):
   module_name, fn_name = MODES[mode].split(":")
   lock = faults.workdir_lock(workdir, mode) if mode not in UNLOCKED_MODES else contextlib.nullcontext()
   with faults.handling(mode), lock:
-    return getattr(importlib.import_module(module_name), fn_name)(config, workdir)
+    try:
+      result = getattr(importlib.import_module(module_name), fn_name)(config, workdir)
+    except faults.Preempted as stop:
+      if stop.at_a_step:         # every process stops at this agreed step: an end, not a crash
+        distributed.finished()
+      raise
+  distributed.finished()         # the other processes now take this one's exit for the job's end
+  return result

@@ -189,7 +189,9 @@ def test_a_killed_process_stops_the_other_and_the_job_resumes(prepared, pretrain
   out, err = proc.communicate(timeout=180)
   assert proc.returncode != 0 and time.time() - t0 < 120, err[-3000:]
   survivors = [l for l in err.splitlines() if l.startswith("[0] error:")]
-  assert len(survivors) == 1, err[-3000:]
+  # Our watchdog's line, or, when process 0's main thread holds the GIL while it waits in a collective
+  # (the watchdog thread cannot run then), the runtime's own report of the lost task: never a hang.
+  assert len(survivors) == 1 or "Task 1 heartbeat timeout" in err, err[-3000:]
   _ok(launch("configs/pretrain.py:tiny", wd, *args))
   _close(_params(one), _params(wd))
 
