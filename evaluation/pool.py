@@ -120,7 +120,7 @@ def markdown(res: dict) -> str:
   lines.append("| base (llamalogue) | " + " | ".join(
       f"{_cell(res['base']['tasks'][t])} | {_cell(res['base']['study'][t])}" for t in tasks) + " |")
   for g in res["groups"]:
-    lines.append(f"| {g['label']} (pooled, {len(g['seeds'])} seeds) | " + " | ".join(
+    lines.append(f"| {g['label']} (pooled, {len(g['seeds'])} seed{'' if len(g['seeds']) == 1 else 's'}) | " + " | ".join(
         f"{_cell(g['pooled_accuracy'][t])} | {_cell(g['study'][t])}" for t in tasks) + " |")
   lines += ["", "## Effects (model − base)", "",
             "| model | " + " | ".join(f"{t} Δ pooled | {t} mean ± sd over seeds | {t} study Δ" for t in tasks) + " |",
