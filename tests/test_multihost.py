@@ -191,7 +191,9 @@ def test_a_killed_process_stops_the_other_and_the_job_resumes(prepared, pretrain
   survivors = [l for l in err.splitlines() if l.startswith("[0] error:")]
   # Our watchdog's line, or, when process 0's main thread holds the GIL while it waits in a collective
   # (the watchdog thread cannot run then), the runtime's own report of the lost task: never a hang.
-  assert len(survivors) == 1 or "Task 1 heartbeat timeout" in err, err[-3000:]
+  # (A kill that lands inside a collective checkpoint write adds that write's own one-line error first.)
+  lost = [l for l in survivors if "stopped answering" in l or "exited before the job ended" in l]
+  assert (len(lost) == 1 and len(survivors) <= 2) or "Task 1 heartbeat timeout" in err, err[-3000:]
   _ok(launch("configs/pretrain.py:tiny", wd, *args))
   _close(_params(one), _params(wd))
 
