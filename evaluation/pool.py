@@ -100,7 +100,7 @@ def _study(task: str, value: float | None) -> dict | None:
 
 
 def _cell(v: dict | None) -> str:
-  return "–" if not v else f"{v['value']:.1f} {report.fmt_ci(v['interval'])}" if v.get("interval") else f"{v['value']:.1f}"
+  return report.value_cell(v["value"], v.get("interval")) if v else "–"
 
 
 def _effect_cell(e: dict | None) -> str:
