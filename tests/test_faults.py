@@ -421,7 +421,8 @@ def test_a_study_holds_its_dir_and_its_stages_their_own(tmp_path):
 # ---------------------------------------------------------------------------- a model of the wrong kind
 
 @needs_bert
-@pytest.mark.parametrize("config", ["pretrain.py:tiny", "dpo_natural.py:tiny", "ppo_bleu.py:tiny", "evaluate.py:tiny",
+@pytest.mark.parametrize("config", ["pretrain.py:tiny", "dpo_natural.py:tiny", "ppo_bleu.py:tiny",
+                                    pytest.param("evaluate.py:tiny", marks=needs_eval),  # checks its benchmark files first
                                     "sample.py", "export.py"])
 def test_init_from_a_bert_model_is_one_line_in_every_mode(config, tmp_path):
   proc = run_main(f"configs/{config}", tmp_path / "wd", f"--config.init_from={BERT}")
