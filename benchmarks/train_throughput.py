@@ -5,7 +5,9 @@
   (sdpa attention) under bf16 autocast when `--dtype=bfloat16`, with fused AdamW, on the
   same GPU and shape.
 
-Also reports our achieved FLOP/s (6N + 12·L·H·Q·T per token) against a measured matmul
+The two sides' steps alternate in one timing loop (ours, theirs, ours, ...) and each side's
+median step is reported: on a shared host whose speed drifts during a run, both see the same
+machine. Also reports our achieved FLOP/s (6N + 12·L·H·Q·T per token) against a measured matmul
 ceiling, the compile time of each side, and on known accelerators the MFU of both and the
 projected wall time of the study's 100 M-word pre-training (10 epochs of 10 M words) at
 the measured rate; tokens per word come from `--prepared DIR/stats.json` (a `prepare`
@@ -66,8 +68,9 @@ def tokens_per_word(prepared: str) -> tuple[float, str]:
   return TOKENS_PER_WORD, "TOKENS_PER_WORD (all of CHILDES)"
 
 
-def ours(cfg, batch, seq, steps, warmup) -> dict:
-  """Tokens/s of our jitted train step (the init jitted with its key as an argument), and compile seconds."""
+def ours(cfg, batch, seq) -> dict:
+  """Our jitted train step (the init jitted with its key as an argument), compiled: {"step": one timed
+  step (blocks until done), "compile_s", "init_s", "loss": the latest loss}."""
   mesh = sharding.make_mesh(-1, 1)
   tx, _ = step.make_optimizer(_opt(), 1000)
   layout = step.pretrain_layout(cfg, tx, mesh, jax.random.key(0))
@@ -81,18 +84,29 @@ def ours(cfg, batch, seq, steps, warmup) -> dict:
   b = jax.device_put(b, sharding.batch_sharding(mesh, 1))
   t0 = time.perf_counter()
   train = train.lower(state, b).compile()
-  compile_s = time.perf_counter() - t0
+  out = {"compile_s": time.perf_counter() - t0, "init_s": init_s, "state": state}
+
+  def one():
+    out["state"], m = train(out["state"], b)
+    out["loss"] = float(jax.block_until_ready(m["loss"]))
+
+  out["step"] = one
+  return out
+
+
+def interleaved(sides: dict, steps: int, warmup: int) -> dict:
+  """Median seconds per step of each side, their steps alternating (A B A B ...), so that a change
+  in the machine's speed during the run (a shared host) reaches both sides alike."""
   for _ in range(warmup):
-    state, m = train(state, b)
-  jax.block_until_ready(m["loss"])
-  times = []
+    for one in sides.values():
+      one()
+  times = {name: [] for name in sides}
   for _ in range(steps):
-    t0 = time.perf_counter()
-    state, m = train(state, b)
-    jax.block_until_ready(m["loss"])
-    times.append(time.perf_counter() - t0)
-  return {"tok_s": batch * seq / float(np.median(times)), "compile_s": compile_s, "init_s": init_s,
-          "loss": float(m["loss"])}
+    for name, one in sides.items():
+      t0 = time.perf_counter()
+      one()
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
 def _median_seconds(fn, *args, reps=7):
@@ -135,9 +149,10 @@ def matmul_floor(cfg, batch, seq):
   return total + cfg.num_layers * per_layer
 
 
-def torch_baseline(cfg, batch, seq, steps, warmup) -> dict:
+def torch_baseline(cfg, batch, seq) -> dict:
   """HF LlamaForCausalLM + AdamW: eager fp32 on CPU; on CUDA torch.compile, sdpa, fused AdamW,
-  bf16 autocast when cfg.dtype is bfloat16. Compile seconds = the first step's time on CUDA."""
+  bf16 autocast when cfg.dtype is bfloat16. {"step": one timed step, "compile_s": the first step's
+  seconds on CUDA, "name", "loss"}."""
   import torch
   from transformers import LlamaConfig, LlamaForCausalLM
   cuda = torch.cuda.is_available()
@@ -169,19 +184,16 @@ def torch_baseline(cfg, batch, seq, steps, warmup) -> dict:
   one()
   sync()
   first_s = time.perf_counter() - t0
-  for _ in range(max(warmup - 1, 0)):
-    one()
-  sync()
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    loss = one()
-    sync()
-    times.append(time.perf_counter() - t0)
   name = (f"torch.compile HF LlamaForCausalLM sdpa{' bf16 autocast' if autocast else ''} + fused AdamW (CUDA)"
           if cuda else "eager HF LlamaForCausalLM fp32 + AdamW (CPU)")
-  return {"tok_s": batch * seq / float(np.median(times)), "compile_s": first_s if cuda else None,
-          "name": name, "loss": float(loss.detach())}
+  out = {"compile_s": first_s if cuda else None, "name": name}
+
+  def timed():
+    out["loss"] = float(one().detach())      # .item() waits for the device
+    sync()
+
+  out["step"] = timed
+  return out
 
 
 def _torch_has_cuda() -> bool:
@@ -201,7 +213,7 @@ def _write(path: str, records: list) -> None:
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--shape", default="both", choices=["tiny", "135m", "both"])
-  p.add_argument("--steps", type=int, default=0, help="timed steps (0: 10 tiny, 4 for 135m on CPU, 20 on accelerators)")
+  p.add_argument("--steps", type=int, default=0, help="timed steps of each side (0: 20 tiny, 6 for 135m on CPU, 20 on accelerators)")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--batch", type=int, default=0)
   p.add_argument("--seq", type=int, default=0)
@@ -226,14 +238,25 @@ def main():
     cfg, batch, seq = SHAPES[name]
     cfg = dataclasses.replace(cfg, dtype=args.dtype)
     batch, seq = args.batch or batch, args.seq or seq
-    steps = args.steps or (20 if accel else 10 if name == "tiny" else 4)
-    mine = ours(cfg, batch, seq, steps, warmup=2)
-    ours_tps = mine["tok_s"]
+    steps = args.steps or (20 if accel else 20 if name == "tiny" else 6)
+    run_baseline = not args.no_baseline and not (accel and not _torch_has_cuda())
+    mine = ours(cfg, batch, seq)
+    sides, base, failed = {"ours": mine["step"]}, None, ""
+    if run_baseline:
+      import torch
+      torch.set_num_threads(os.cpu_count())
+      try:
+        base = torch_baseline(cfg, batch, seq)
+        sides["baseline"] = base["step"]
+      except Exception as e:  # e.g. torch.compile without a working compiler: keep our numbers, say why
+        failed = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    seconds = interleaved(sides, steps, warmup=2)
+    ours_tps = batch * seq / seconds["ours"]
     fpt = M.flops_per_token(cfg, seq)
     rec = {"shape": name, "params": M.count_params(cfg), "batch": batch, "seq": seq, "dtype": args.dtype,
            "device": jax.devices()[0].device_kind, "ours_tok_s": ours_tps, "ours_compile_s": mine["compile_s"],
            "ours_init_s": mine["init_s"], "ours_loss": mine["loss"], "flops_per_token": fpt,
-           "ours_flops_s": ours_tps * fpt, "ceiling_flops_s": ceiling,
+           "ours_flops_s": ours_tps * fpt, "ceiling_flops_s": ceiling, "timing": "steps alternating with the baseline's",
            "kernels": ops.select_kernels(), "tokens_per_word": tpw, "tokens_per_word_source": tpw_source}
     line = (f"[{name}] params {M.count_params(cfg) / 1e6:.1f}M batch {batch}x{seq} {args.dtype}: ours "
             f"{ours_tps:,.0f} tok/s = {ours_tps * fpt / 1e9:,.1f} GFLOP/s "
@@ -247,25 +270,17 @@ def main():
       line += (f", MFU {100 * rec['ours_mfu']:.1f}% of {peak / 1e12:.0f} TFLOP/s; projected "
                f"{STUDY_WORDS / 1e6:.0f}M-word pre-training ({tpw:.2f} tok/word): {rec['projected_study_hours']:.2f} h")
     records.append(rec)
-    _write(args.json, records)                 # ours is on disk even if the baseline is cut short
+    _write(args.json, records)
     print(line, flush=True)
     line = f"[{name}] baseline:"
-    run_baseline = not args.no_baseline and not (accel and not _torch_has_cuda())
     if not args.no_baseline and not run_baseline:
       rec["baseline"] = "skipped: this PyTorch has no CUDA (an fp32 CPU baseline of an accelerator run means nothing)"
       line += " " + rec["baseline"]
-    if run_baseline:
-      import torch
-      torch.set_num_threads(os.cpu_count())
-      try:
-        base = torch_baseline(cfg, batch, seq, steps, warmup=2)
-      except Exception as e:  # e.g. torch.compile without a working compiler: keep our numbers, say why
-        rec["baseline"] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        print(f"{line} {rec['baseline']}", flush=True)
-        _write(args.json, records)
-        results.append((float("nan"), ours_tps, float("nan")))
-        continue
-      base_tps = base["tok_s"]
+    if failed:
+      rec["baseline"] = failed
+      line += " " + failed
+    if base is not None and not failed:
+      base_tps = batch * seq / seconds["baseline"]
       rec.update(baseline=base["name"], baseline_tok_s=base_tps, baseline_compile_s=base["compile_s"],
                  baseline_loss=base["loss"], ratio=ours_tps / base_tps)
       line += f" {base['name']} {base_tps:,.0f} tok/s"
@@ -274,7 +289,7 @@ def main():
       if peak:
         rec["baseline_mfu"] = base_tps * fpt / peak
         line += f", MFU {100 * rec['baseline_mfu']:.1f}%"
-      line += f"; ratio {ours_tps / base_tps:.2f}"
+      line += f"; ratio {ours_tps / base_tps:.2f} (medians of {steps} steps each, the two sides alternating)"
       results.append((ours_tps / base_tps, ours_tps, base_tps))
     else:
       results.append((float("nan"), ours_tps, float("nan")))
@@ -284,7 +299,7 @@ def main():
       rec["matmul_floor_s"] = floor
       line += (f"\n  [{name}] matmul floor (each matmul of the step timed alone, summed): {floor * 1e3:,.0f} ms = "
                f"{batch * seq / floor:,.0f} tok/s at most; our step {step_s * 1e3:,.0f} ms = {step_s / floor:.2f}x the floor")
-      if run_baseline:
+      if "baseline" in seconds:
         line += f"; PyTorch step {batch * seq / base_tps * 1e3:,.0f} ms"
     if line != f"[{name}] baseline:":
       print(line, flush=True)
