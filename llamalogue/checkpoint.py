@@ -64,6 +64,9 @@ class _ItemMetadataNote(logging.Filter):
 logging.getLogger("absl").addFilter(_ItemMetadataNote())
 
 
+COMMIT_MARKER = "commit_success.txt"   # orbax writes it once every process's part of a step is on disk
+
+
 def _manager(directory: pathlib.Path, prefix: str, max_to_keep: int | None) -> ocp.CheckpointManager:
   # Leftovers of a killed save are removed here, synchronously: orbax's own cleanup runs in a thread
   # that a run stopping early (a full disk) would leave to fail noisily at interpreter exit.
@@ -113,8 +116,12 @@ class RunCheckpoints:
       force = manager is self.latest
       _, failure = faults.attempt(lambda: manager.save(n, args=args, force=force))
       if failure is not None:
-        self._remove_partial(manager, f"{prefix}_{n}")
         where = pathlib.Path(str(manager.directory)) / f"{prefix}_{n}"
+        if self._remove_partial(manager, f"{prefix}_{n}"):
+          # Committed by every process, then the save's closing sync failed (a peer lost after the
+          # commit): the checkpoint is whole and stays; the run stops on the failure.
+          raise LlamalogueError(f"{where}: checkpoint written, but the save failed after its commit "
+                                f"({failure.reason}); it is kept{self._resume_hint()}")
         if failure.disk_full:
           raise faults.DiskFull(
               f"{where}: disk full while writing the checkpoint (it needs about {faults.mb(nbytes(item))}, "
@@ -127,13 +134,18 @@ class RunCheckpoints:
     step = self.latest.latest_step()
     return f" (it resumes from step_{step})" if step is not None else " (it starts afresh: no checkpoint yet)"
 
-  def _remove_partial(self, manager: ocp.CheckpointManager, name: str) -> None:
-    """Removes what a failed save of `name` left: its orbax temporary directory, or a finalised one."""
+  def _remove_partial(self, manager: ocp.CheckpointManager, name: str) -> bool:
+    """Removes what a failed save of `name` left: its orbax temporary directory, or a finalised directory
+    without its commit marker. A committed one (`commit_success.txt`: every process's part written) is
+    kept; returns True then."""
     root = pathlib.Path(str(manager.directory))
-    for d in root.glob(f"{name}*"):
-      if d.name == name or d.name.startswith(f"{name}.orbax-checkpoint-tmp"):
-        shutil.rmtree(d, ignore_errors=True)
+    committed = (root / name / COMMIT_MARKER).exists()
+    if jax.process_index() == 0:
+      for d in root.glob(f"{name}*"):
+        if (d.name == name and not committed) or d.name.startswith(f"{name}.orbax-checkpoint-tmp"):
+          shutil.rmtree(d, ignore_errors=True)
     faults.attempt(manager.reload)
+    return committed
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()

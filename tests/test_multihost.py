@@ -194,7 +194,8 @@ def test_a_killed_process_stops_the_other_and_the_job_resumes(prepared, pretrain
   # (A kill that lands inside a collective checkpoint write adds that write's own one-line error first.)
   lost = [l for l in survivors if "stopped answering" in l or "exited before the job ended" in l]
   assert (len(lost) == 1 and len(survivors) <= 2) or "Task 1 heartbeat timeout" in err, err[-3000:]
-  _ok(launch("configs/pretrain.py:tiny", wd, *args))
+  again = _ok(launch("configs/pretrain.py:tiny", wd, *args))
+  assert "resuming from step" in again.stdout + again.stderr, again.stderr[-3000:]   # step_3 was committed: kept
   _close(_params(one), _params(wd))
 
 
