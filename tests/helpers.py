@@ -52,3 +52,20 @@ def launch(config: str, workdir, *extra: str, processes: int = 2, devices_per_pr
   if not wait:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def together(*procs, timeout: float = 900) -> list[subprocess.CompletedProcess]:
+  """Waits for running processes (`run_main`/`launch` with `wait=False`) started side by side, e.g. a
+  1-process reference and its 2-process twin (their compiles, single-threaded, overlap): each finished,
+  output captured."""
+  deadline = time.time() + timeout
+  done = []
+  for p in procs:
+    try:
+      out, err = p.communicate(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+  return done

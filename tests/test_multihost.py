@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from llamalogue import paths
-from tests.helpers import launch, run_main
+from tests.helpers import launch, run_main, together
 
 MODEL = ["--config.model.hidden_size=64", "--config.model.intermediate_size=128", "--config.model.num_layers=2",
          "--config.model.num_heads=4", "--config.model.num_kv_heads=2"]
@@ -77,8 +77,9 @@ def pretrained(prepared, tmp_path_factory):
   root = tmp_path_factory.mktemp("pretrain")
   args = (f"--config.data.prepared={prepared}", *PRETRAIN)
   one, two = root / "one", root / "two"
-  _ok(run_main("configs/pretrain.py:tiny", one, *args, devices=4))
-  _ok(launch("configs/pretrain.py:tiny", two, *args))
+  for proc in together(run_main("configs/pretrain.py:tiny", one, *args, devices=4, wait=False),
+                       launch("configs/pretrain.py:tiny", two, *args, wait=False)):
+    _ok(proc)
   return one, two
 
 
@@ -110,8 +111,8 @@ def test_a_two_process_checkpoint_resumes_on_one_process(pretrained, tmp_path, p
 def test_evaluation_on_two_processes_writes_the_same_results(pretrained, tmp_path):
   one, _ = pretrained
   args = (f"--config.init_from={one}", "--config.tasks=dialogue_word,zorro", "--config.max_items_per_task=24")
-  _ok(run_main("configs/evaluate.py", tmp_path / "e1", *args, devices=4))
-  proc = _ok(launch("configs/evaluate.py", tmp_path / "e2", *args))
+  _, proc = map(_ok, together(run_main("configs/evaluate.py", tmp_path / "e1", *args, devices=4, wait=False),
+                               launch("configs/evaluate.py", tmp_path / "e2", *args, wait=False)))
 
   def load(d):
     (path,) = (d / "eval").glob("*/results.json")
@@ -130,8 +131,9 @@ def test_dpo_on_two_processes_equals_one(pretrained, tmp_path):
   args = (f"--config.init_from={one}", "--config.pairs_limit=32", "--config.train.batch_size=8",
           "--config.train.log_every=1", "--config.train.checkpoint_every=2", "--config.optimizer.lr=1e-3",
           "--config.eval.tasks=")
-  _ok(run_main("configs/dpo_natural.py:tiny", tmp_path / "d1", *args, devices=4))
-  _ok(launch("configs/dpo_natural.py:tiny", tmp_path / "d2", *args))
+  for proc in together(run_main("configs/dpo_natural.py:tiny", tmp_path / "d1", *args, devices=4, wait=False),
+                       launch("configs/dpo_natural.py:tiny", tmp_path / "d2", *args, wait=False)):
+    _ok(proc)
   _close_adam(_params(tmp_path / "d1"), _params(tmp_path / "d2"))
   names = ("train/loss", "rewards/accuracies", "rewards/margins")
   np.testing.assert_allclose(_metrics(tmp_path / "d2", *names), _metrics(tmp_path / "d1", *names), rtol=1e-5,
@@ -156,8 +158,9 @@ def test_ppo_on_two_processes_equals_one(pretrained, tmp_path):
   args = (f"--config.init_from={one}", f"--config.prompts={tmp_path / 'prompts.txt'}",
           f"--config.reward.replies={tmp_path / 'replies.jsonl'}", "--config.ppo.learning_rate=1e-3",
           "--config.train.max_steps=3", "--config.eval.tasks=")
-  _ok(run_main("configs/ppo_bleu.py:tiny", tmp_path / "p1", *args, devices=4))
-  _ok(launch("configs/ppo_bleu.py:tiny", tmp_path / "p2", *args))
+  for proc in together(run_main("configs/ppo_bleu.py:tiny", tmp_path / "p1", *args, devices=4, wait=False),
+                       launch("configs/ppo_bleu.py:tiny", tmp_path / "p2", *args, wait=False)):
+    _ok(proc)
   _close_adam(_params(tmp_path / "p1"), _params(tmp_path / "p2"))
   np.testing.assert_array_equal(_metrics(tmp_path / "p2", "env/reward_mean"), _metrics(tmp_path / "p1", "env/reward_mean"))
   names = ("objective/kl", "ppo/loss/total")   # functions of the params: as close as they are (see LR)
