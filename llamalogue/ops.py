@@ -270,7 +270,8 @@ def token_logprobs(h_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
   Returns `{"logprobs", "logz"}` `[B, L]` float32 (and `entropy`, `masked_logprob`: see
   `logprob_stats`). Gradients flow to `h` and `w` through `logprobs` only (the other outputs are
   statistics). The backward pass differs by kernel set: on CPU the forward keeps each chunk's
-  probabilities (no logits recomputed); on accelerators it keeps only `logz` and recomputes each
+  probabilities (no logits recomputed) and the backward is two whole matmuls (one gradient of the
+  head, so one all-reduce of it under data parallelism); on accelerators it keeps only `logz` and recomputes each
   chunk's logits, in the compute dtype (no float32 `[tokens, vocab]` array at all).
   """
   which = select_kernels(kernels)
@@ -352,16 +353,26 @@ def _token_logprobs_bwd(chunk_len, kind, entropy, res, cotangents):
   g_BxL = cotangents[0].astype(jnp.float32)
   n = h_BxLxD.shape[1] // chunk_len
 
-  def body(dw_DxV, x):
-    h_TxD, tgt_T, g_T, r = x
-    p_TxV = r.astype(jnp.float32) if kind == "cpu" else jnp.exp(_chunk_logits(h_TxD, w_DxV, kind) - r[:, None])
+  def body(dw_DxV, x):              # accelerators: one chunk at a time, its logits recomputed from logz
+    h_TxD, tgt_T, g_T, logz_T = x
+    p_TxV = jnp.exp(_chunk_logits(h_TxD, w_DxV, kind) - logz_T[:, None])
     onehot_TxV = jnp.arange(p_TxV.shape[-1]) == tgt_T[:, None]
     d_TxV = (g_T[:, None] * (onehot_TxV - p_TxV)).astype(h_TxD.dtype)   # d loss / d logits
     dh_TxD = jnp.dot(d_TxV, w_DxV.T, preferred_element_type=jnp.float32).astype(h_TxD.dtype)
     return dw_DxV + jnp.dot(h_TxD.T, d_TxV, preferred_element_type=jnp.float32), dh_TxD
 
   xs = (_to_chunks(h_BxLxD, chunk_len), _to_chunks(targets_BxL, chunk_len), _to_chunks(g_BxL, chunk_len), residual)
-  dw_DxV, dh_NxTxD = jax.lax.scan(body, jnp.zeros(w_DxV.shape, jnp.float32), xs, unroll=n == 1)
+  if kind == "cpu":
+    # CPU: the forward kept every chunk's probabilities, so the backward is two whole matmuls, not a loop
+    # (with data parallelism, the head's gradient is then all-reduced once, not once per chunk). The
+    # chunk axes stay as they are: flattening them would gather a batch-sharded input.
+    h_c, tgt_c, g_c, p_c = xs
+    onehot = jnp.arange(p_c.shape[-1]) == tgt_c[..., None]
+    d_c = (g_c[..., None] * (onehot - p_c.astype(jnp.float32))).astype(h_c.dtype)
+    dh_NxTxD = jnp.einsum("ntv,dv->ntd", d_c, w_DxV, preferred_element_type=jnp.float32).astype(h_c.dtype)
+    dw_DxV = jnp.einsum("ntd,ntv->dv", h_c, d_c, preferred_element_type=jnp.float32)
+  else:
+    dw_DxV, dh_NxTxD = jax.lax.scan(body, jnp.zeros(w_DxV.shape, jnp.float32), xs, unroll=n == 1)
   no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
   return (_from_chunks(dh_NxTxD, h_BxLxD.shape[0]), dw_DxV.astype(w_DxV.dtype), no_grad(targets_BxL),
           no_grad(mask_V))
