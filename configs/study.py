@@ -94,11 +94,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evaluate.tasks = "dialogue_word,dialogue_token,zorro,blimp_filtered"
     c.evaluate.max_items_per_task = 3000
   if tiny:
-    # ~100 k words, 60 pre-training steps, a few fine-tuning steps each: every stage runs, fast.
-    c.pretrain.train.max_steps = 60
-    c.pretrain.train.milestones = "5000,10000,20000"   # ~390 words a step
+    # ~100 k words, 32 pre-training steps, a few fine-tuning steps each: every stage runs, fast.
+    c.pretrain.train.max_steps = 32
+    c.pretrain.train.milestones = "2500,5000,10000"   # ~390 words a step
     c.pretrain.train.eval_every = 0
-    c.pretrain.train.checkpoint_every = 30
+    c.pretrain.train.checkpoint_every = 16
     c.synthetic_pairs.max_pairs = 16
     for name in ("dpo_natural", "dpo_synthetic"):
       c[name].pairs_limit = 32

@@ -213,8 +213,8 @@ def test_model_loss_equals_logits_loss(tie, kernels, monkeypatch):
     return jnp.sum(-logp * mask)
 
   with jax.default_matmul_precision("highest"):
-    ref_v, ref_g = jax.value_and_grad(from_logits)(params)
-    new_v, new_g = jax.value_and_grad(lambda p: M.next_token_loss(p, graphdef, batch)[0])(params)
+    ref_v, ref_g = jax.jit(jax.value_and_grad(from_logits))(params)
+    new_v, new_g = jax.jit(jax.value_and_grad(lambda p: M.next_token_loss(p, graphdef, batch)[0]))(params)
   np.testing.assert_allclose(new_v, ref_v, rtol=1e-6)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(new_g), jax.tree.leaves(ref_g)):
     np.testing.assert_allclose(a, b, atol=2e-6, err_msg=jax.tree_util.keystr(path))
