@@ -40,6 +40,13 @@ def _ok(proc):
   return proc
 
 
+def _one_and_two(config, one, two, *args):
+  """`config` run as 1 process x 4 devices in `one` and, at the same time, as 2 processes x 2 devices in `two`;
+  both must succeed. Returns (the 1-process run, the 2-process launch)."""
+  return tuple(map(_ok, together(run_main(config, one, *args, devices=4, wait=False),
+                                 launch(config, two, *args, wait=False))))
+
+
 def _params(workdir):
   from llamalogue import checkpoint as ckpt_lib, step
   model, _ = ckpt_lib.load_model(workdir)
@@ -77,9 +84,7 @@ def pretrained(prepared, tmp_path_factory):
   root = tmp_path_factory.mktemp("pretrain")
   args = (f"--config.data.prepared={prepared}", *PRETRAIN)
   one, two = root / "one", root / "two"
-  for proc in together(run_main("configs/pretrain.py:tiny", one, *args, devices=4, wait=False),
-                       launch("configs/pretrain.py:tiny", two, *args, wait=False)):
-    _ok(proc)
+  _one_and_two("configs/pretrain.py:tiny", one, two, *args)
   return one, two
 
 
@@ -111,8 +116,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(pretrained, tmp_path, p
 def test_evaluation_on_two_processes_writes_the_same_results(pretrained, tmp_path):
   one, _ = pretrained
   args = (f"--config.init_from={one}", "--config.tasks=dialogue_word,zorro", "--config.max_items_per_task=24")
-  _, proc = map(_ok, together(run_main("configs/evaluate.py", tmp_path / "e1", *args, devices=4, wait=False),
-                               launch("configs/evaluate.py", tmp_path / "e2", *args, wait=False)))
+  _, proc = _one_and_two("configs/evaluate.py", tmp_path / "e1", tmp_path / "e2", *args)
 
   def load(d):
     (path,) = (d / "eval").glob("*/results.json")
@@ -131,9 +135,7 @@ def test_dpo_on_two_processes_equals_one(pretrained, tmp_path):
   args = (f"--config.init_from={one}", "--config.pairs_limit=32", "--config.train.batch_size=8",
           "--config.train.log_every=1", "--config.train.checkpoint_every=2", "--config.optimizer.lr=1e-3",
           "--config.eval.tasks=")
-  for proc in together(run_main("configs/dpo_natural.py:tiny", tmp_path / "d1", *args, devices=4, wait=False),
-                       launch("configs/dpo_natural.py:tiny", tmp_path / "d2", *args, wait=False)):
-    _ok(proc)
+  _one_and_two("configs/dpo_natural.py:tiny", tmp_path / "d1", tmp_path / "d2", *args)
   _close_adam(_params(tmp_path / "d1"), _params(tmp_path / "d2"))
   names = ("train/loss", "rewards/accuracies", "rewards/margins")
   np.testing.assert_allclose(_metrics(tmp_path / "d2", *names), _metrics(tmp_path / "d1", *names), rtol=1e-5,
@@ -158,9 +160,7 @@ def test_ppo_on_two_processes_equals_one(pretrained, tmp_path):
   args = (f"--config.init_from={one}", f"--config.prompts={tmp_path / 'prompts.txt'}",
           f"--config.reward.replies={tmp_path / 'replies.jsonl'}", "--config.ppo.learning_rate=1e-3",
           "--config.train.max_steps=3", "--config.eval.tasks=")
-  for proc in together(run_main("configs/ppo_bleu.py:tiny", tmp_path / "p1", *args, devices=4, wait=False),
-                       launch("configs/ppo_bleu.py:tiny", tmp_path / "p2", *args, wait=False)):
-    _ok(proc)
+  _one_and_two("configs/ppo_bleu.py:tiny", tmp_path / "p1", tmp_path / "p2", *args)
   _close_adam(_params(tmp_path / "p1"), _params(tmp_path / "p2"))
   np.testing.assert_array_equal(_metrics(tmp_path / "p2", "env/reward_mean"), _metrics(tmp_path / "p1", "env/reward_mean"))
   names = ("objective/kl", "ppo/loss/total")   # functions of the params: as close as they are (see LR)
