@@ -145,21 +145,6 @@ def matmul_2d(x_NxD: jax.Array, w_DxF: jax.Array, preferred_element_type=None) -
   return y_TxF.reshape(x_NxD.shape[:-1] + y_TxF.shape[-1:])
 
 
-def project(x: jax.Array, linears: tuple["Linear", ...]) -> list[jax.Array]:
-  """`[l(x) for l in linears]` (bias-free layers reading the same input, e.g. q/k/v or gate/up).
-
-  XLA:CPU (the `cpu` kernels): one matmul with the kernels side by side, then split; fewer, larger
-  GEMMs forward and backward (~3% of the tiny train step). Accelerators: each layer alone, since
-  under `fsdp` the kernels are sharded on their output axis, which a concatenation would reshard.
-  """
-  if ops.select_kernels() != "cpu":
-    return [lin(x) for lin in linears]
-  dtype = linears[0].dtype
-  w_DxF = jnp.concatenate([lin.kernel[...].astype(dtype) for lin in linears], axis=1)
-  sizes = [lin.kernel.shape[1] for lin in linears]
-  return jnp.split(matmul_2d(x.astype(dtype), w_DxF), [sum(sizes[:i]) for i in range(1, len(sizes))], axis=-1)
-
-
 def rope_cos_sin(positions_BxL: jax.Array, dim: int, theta: float):
   """HF rotate-half rotary tables, each `[B, L, dim]`."""
   inv_freq_K = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
@@ -184,10 +169,9 @@ class Attention(nnx.Module):
     `end..end+L-1` of layer `layer` and the queries attend to the slots `mask` allows.
     Returns the output (and the updated stacked k, v)."""
     b, l, _ = x_BxLxD.shape
-    q_BxLxF, k_BxLxF, v_BxLxF = project(x_BxLxD, (self.q_proj, self.k_proj, self.v_proj))
-    q_BxLxHxK = q_BxLxF.reshape(b, l, self.num_heads, self.head_dim)
-    k_BxLxGxK = k_BxLxF.reshape(b, l, self.num_kv_heads, self.head_dim)
-    v_BxLxGxK = v_BxLxF.reshape(b, l, self.num_kv_heads, self.head_dim)
+    q_BxLxHxK = self.q_proj(x_BxLxD).reshape(b, l, self.num_heads, self.head_dim)
+    k_BxLxGxK = self.k_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
+    v_BxLxGxK = self.v_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
     if cache is None:
       out_BxLxHxK = ops.rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
       return self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
@@ -216,8 +200,7 @@ class MLP(nnx.Module):
     self.down_proj = Linear(i, h, std, dtype, rngs=rngs)
 
   def __call__(self, x_BxLxD):
-    gate_BxLxI, up_BxLxI = project(x_BxLxD, (self.gate_proj, self.up_proj))
-    return self.down_proj(jax.nn.silu(gate_BxLxI) * up_BxLxI)
+    return self.down_proj(jax.nn.silu(self.gate_proj(x_BxLxD)) * self.up_proj(x_BxLxD))
 
 
 class DecoderLayer(nnx.Module):
