@@ -115,8 +115,10 @@ def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps
   """Pairs/s of our DPO step (rl/dpo.py: policy forward + backward on chosen and rejected, cached reference).
 
   The same model, pairs, batch and settings as the baseline; the reference log-probs are
-  computed once beforehand (as trl's precompute), only the steps are timed, the first
-  (compile) left out. Tokenization as trl's (`style="trl"`), so both sides see the same rows.
+  computed once beforehand (as trl's precompute), only the steps are timed: each batch cut to the
+  bucket of its longest pair as in a DPO run (trl pads each batch to its longest), every bucket's
+  step compiled beforehand, the first step left out as on trl's side. Tokenization as trl's
+  (`style="trl"`), so both sides see the same rows.
   """
   import jax
   import ml_collections
@@ -142,10 +144,19 @@ def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps
   loss_fn = dpo.make_loss_fn(graphdef, beta=0.1, loss_type="sigmoid", label_smoothing=0.0)
   train = jax.jit(lambda s, b: step.train_step(loss_fn, tx, s, b), donate_argnums=(0,))
   state = step.init_state(params, tx)
-  durations = []
-  for i in range(steps):
-    batch = {k: v[i * batch_size:(i + 1) * batch_size][None] for k, v in arrays.items()}
+  lengths = dpo.needed_lengths(arrays)
+  batches = []
+  for i in range(steps):     # each batch cut to the bucket of its longest pair, as rl/dpo.py's PairBatches
+    rows = slice(i * batch_size, (i + 1) * batch_size)
+    batch = dpo.cut_batch({k: v[rows] for k, v in arrays.items()}, lengths[rows])
+    batch = {k: v[None] for k, v in batch.items()}
     batch["valid"] = np.ones((1, batch_size), np.float32)
+    batches.append(batch)
+  for width in sorted({b["chosen_inputs"].shape[-1] for b in batches}):   # compile every shape first
+    state, metrics = train(state, next(b for b in batches if b["chosen_inputs"].shape[-1] == width))
+  jax.block_until_ready(metrics)
+  durations = []
+  for batch in batches:
     t0 = time.perf_counter()
     state, metrics = train(state, batch)
     jax.block_until_ready(metrics)
