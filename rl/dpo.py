@@ -23,7 +23,7 @@ from flax import nnx
 
 from llamalogue import checkpoint as ckpt_lib
 from llamalogue import distributed
-from llamalogue import loop, progress
+from llamalogue import loop, progress, shapes
 from llamalogue import sharding as sharding_lib
 from llamalogue import step as step_lib
 from llamalogue.errors import ConfigError, DataError
@@ -113,10 +113,6 @@ def jit_reference_logps(graphdef, average: bool):
 
 # ----------------------------------------------------------------------------- data for the loop
 
-# Padded lengths a batch is cut to: 16, 32, 48, 64, 96, 128, 192, ... (neighbours at most 1.5x apart).
-BUCKETS = tuple(sorted({16 << i for i in range(12)} | {48 << i for i in range(11)}))
-
-
 def needed_lengths(arrays: dict) -> np.ndarray:
   """`[N]`: per pair, the positions its log-probabilities read (through its last scored target, on
   either side). Causal attention makes the positions after it irrelevant, so a batch can be cut there."""
@@ -126,21 +122,14 @@ def needed_lengths(arrays: dict) -> np.ndarray:
   return np.maximum(last(arrays["chosen_mask"]), last(arrays["rejected_mask"]))
 
 
-def bucket_length(longest: int, full: int) -> int:
-  """The length a batch whose longest pair needs `longest` positions is cut to: the smallest of BUCKETS
-  that holds it, at most `full` (the array's width). A few shapes, each one compile of the step, and
-  little padding: the study's 18,000 pairs need 18-21 positions on average in arrays 80 wide, the
-  longest of a batch of 32 about 28-39."""
-  return min(next((b for b in BUCKETS if b >= longest), full), full)
-
-
 TOKEN_ARRAYS = tuple(f"{side}_{k}" for side in ("chosen", "rejected") for k in ("inputs", "targets", "mask"))
 
 
 def cut_batch(batch: dict, lengths: np.ndarray) -> dict:
   """`batch` (rows of the pair arrays; `lengths` their needed_lengths) with its token arrays cut to the
   bucket of its longest row."""
-  cut = bucket_length(int(lengths.max()), batch["chosen_inputs"].shape[-1])
+  full = batch["chosen_inputs"].shape[-1]
+  cut = min(shapes.bucket_len(int(lengths.max()), 16), full)   # 16, 32, 48, 64, 96, 128, ...: a few compiles
   return {k: v[:, :cut] if k in TOKEN_ARRAYS else v for k, v in batch.items()}
 
 
