@@ -10,7 +10,9 @@ trained on them (or `--tokenizer DIR`).
 
 Ours: the jitted step of rl/dpo.py (policy forward + backward on chosen and rejected, AdamW,
 reference log-probs computed beforehand), on the same model, pairs (trl's tokenization) and
-batch, in the same process. Last line: ratio=<ours/trl> ours=<pairs/s> baseline=<pairs/s> unit=pairs/s.
+batch. Each side runs in its own fresh process, `--repeats` times (default 3), alternating which
+goes first (on a shared machine one run's rate moves by a third); the medians are compared.
+Last line: ratio=<ours/trl> ours=<median pairs/s> baseline=<median pairs/s> unit=pairs/s.
 
 trl 0.19.1 does not import under transformers 5 as it is; `import_trl` applies the three
 smallest fixes that make it work, in this process only (see its docstring).
@@ -19,6 +21,7 @@ smallest fixes that make it work, in this process only (see its docstring).
 import argparse
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -115,8 +118,10 @@ def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps
   """Pairs/s of our DPO step (rl/dpo.py: policy forward + backward on chosen and rejected, cached reference).
 
   The same model, pairs, batch and settings as the baseline; the reference log-probs are
-  computed once beforehand (as trl's precompute), only the steps are timed: each batch cut to the
-  bucket of its longest pair as in a DPO run (trl pads each batch to its longest), every bucket's
+  computed once beforehand (as trl's precompute), only the steps are timed: each pair one packed
+  row (its prompt once, both replies after it, rl/dpo.py `pack_pairs`), a batch's pairs end to end,
+  ~128 tokens to a row, cut to a length bucket as in a DPO run on one device (trl pads each side of a batch to its
+  longest), every bucket's
   step compiled beforehand, the first step left out as on trl's side. Tokenization as trl's
   (`style="trl"`), so both sides see the same rows.
   """
@@ -128,14 +133,11 @@ def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps
   model, _ = hf.load(str(hf_model_dir))
   graphdef, params = step.split_model(model)
   enc = pairs_lib.encode_pairs(list(pairs)[:batch_size * steps], tokenizer, style="trl")
-  length = max(enc.chosen.inputs.shape[1], enc.rejected.inputs.shape[1])
-  pad = lambda a: np.pad(a, ((0, 0), (0, length - a.shape[1])))
-  arrays = {}
-  for side in ("chosen", "rejected"):
-    s = getattr(enc, side)
-    arrays.update({f"{side}_inputs": pad(s.inputs), f"{side}_targets": pad(s.targets), f"{side}_mask": pad(s.loss_mask)})
+  arrays = dpo.pair_arrays(enc)
   ref = dpo.jit_reference_logps(graphdef, False)
-  refs = [ref(params, {k: v[i:i + batch_size] for k, v in arrays.items()}) for i in range(0, len(enc.rows), batch_size)]
+  per_row = dpo.auto_pairs_per_row(batch_size, 1, float(arrays["lengths"].mean()))   # as a DPO run on one device
+  refs = [ref(params, dpo.batch_rows(arrays, np.arange(i, i + batch_size), per_row))
+          for i in range(0, len(enc.rows), batch_size)]
   arrays["ref_chosen"] = np.concatenate([np.asarray(c) for c, _ in refs])
   arrays["ref_rejected"] = np.concatenate([np.asarray(r) for _, r in refs])
   opt = ml_collections.ConfigDict(dict(lr=5e-6, warmup_steps=0, schedule="linear", min_lr_ratio=0.0, b1=0.9,
@@ -144,16 +146,13 @@ def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps
   loss_fn = dpo.make_loss_fn(graphdef, beta=0.1, loss_type="sigmoid", label_smoothing=0.0)
   train = jax.jit(lambda s, b: step.train_step(loss_fn, tx, s, b), donate_argnums=(0,))
   state = step.init_state(params, tx)
-  lengths = dpo.needed_lengths(arrays)
   batches = []
-  for i in range(steps):     # each batch cut to the bucket of its longest pair, as rl/dpo.py's PairBatches
-    rows = slice(i * batch_size, (i + 1) * batch_size)
-    batch = dpo.cut_batch({k: v[rows] for k, v in arrays.items()}, lengths[rows])
+  for i in range(steps):     # the batch's packed pairs, `per_row` to a row, as rl/dpo.py's PairBatches
+    batch = dpo.batch_rows(arrays, np.arange(i * batch_size, (i + 1) * batch_size), per_row)
     batch = {k: v[None] for k, v in batch.items()}
-    batch["valid"] = np.ones((1, batch_size), np.float32)
     batches.append(batch)
-  for width in sorted({b["chosen_inputs"].shape[-1] for b in batches}):   # compile every shape first
-    state, metrics = train(state, next(b for b in batches if b["chosen_inputs"].shape[-1] == width))
+  for width in sorted({b["tokens"].shape[-1] for b in batches}):   # compile every shape first
+    state, metrics = train(state, next(b for b in batches if b["tokens"].shape[-1] == width))
   jax.block_until_ready(metrics)
   durations = []
   for batch in batches:
@@ -165,6 +164,26 @@ def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps
   return batch_size * len(timed) / sum(timed)
 
 
+def _one_side(args) -> float:
+  """A child run (`--side=ours|trl`): one side's pairs/s on the parent's model and tokenizer."""
+  from rl import pairs as pairs_lib
+  from llamalogue import hf
+  pairs = pairs_lib.load_pairs(args.pairs, limit=args.batch_size * args.steps)
+  tokenizer = hf.load_tokenizer(args.tokenizer)
+  fn = ours_pairs_per_second if args.side == "ours" else trl_pairs_per_second
+  return fn(pathlib.Path(args.model_dir), tokenizer, pairs, args.batch_size, args.steps)
+
+
+def _child(args, side: str, model_dir, tok_dir) -> float:
+  cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--model_dir={model_dir}",
+         f"--tokenizer={tok_dir}", f"--pairs={args.pairs}", f"--batch_size={args.batch_size}", f"--steps={args.steps}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  last = proc.stdout.strip().splitlines()[-1:] or [""]
+  if proc.returncode or not last[0].startswith("rate="):
+    sys.exit(f"dpo_throughput: the {side} run failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+  return float(last[0].split("=", 1)[1])
+
+
 def main(argv=None) -> float:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--pairs", default=DEFAULT_PAIRS, help="pairs file (rl.pairs.load_pairs spec)")
@@ -172,13 +191,22 @@ def main(argv=None) -> float:
   parser.add_argument("--vocab", type=int, default=1024, help="vocabulary of the trained BPE")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--steps", type=int, default=6, help="training steps, the first untimed")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="runs of each side, each in a fresh process, alternating which goes first; medians compared")
+  parser.add_argument("--side", choices=("ours", "trl"), default="", help=argparse.SUPPRESS)
+  parser.add_argument("--model_dir", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  if args.side:
+    print(f"rate={_one_side(args)}")
+    return 0.0
+  import statistics
   import torch
   from evaluation import testing
   from llamalogue import hf
   from rl import pairs as pairs_lib
   pairs = pairs_lib.load_pairs(args.pairs, limit=args.batch_size * args.steps)
+  rates = {"ours": [], "trl": []}
   with tempfile.TemporaryDirectory() as tmp:
     tok_dir = pathlib.Path(args.tokenizer) if args.tokenizer else pathlib.Path(tmp) / "tokenizer"
     if not args.tokenizer:
@@ -186,13 +214,17 @@ def main(argv=None) -> float:
       testing.make_tokenizer(tok_dir, texts, args.vocab)
     tokenizer = hf.load_tokenizer(tok_dir)
     model_dir = tiny_model_dir(pathlib.Path(tmp) / "model", tok_dir, len(tokenizer))
-    ours = ours_pairs_per_second(model_dir, tokenizer, pairs, args.batch_size, args.steps)
-    rate = trl_pairs_per_second(model_dir, tokenizer, pairs, args.batch_size, args.steps)
+    for r in range(args.repeats):
+      for side in (("ours", "trl") if r % 2 == 0 else ("trl", "ours")):
+        rates[side].append(_child(args, side, model_dir, tok_dir))
+      print(f"repeat {r + 1}/{args.repeats}: ours {rates['ours'][-1]:.2f} pairs/s, trl {rates['trl'][-1]:.2f} pairs/s",
+            flush=True)
+  ours, rate = statistics.median(rates["ours"]), statistics.median(rates["trl"])
   print(f"ours (rl/dpo.py step, jax {__import__('jax').__version__}, {__import__('jax').default_backend()}): "
-        f"{ours:.2f} pairs/s")
-  print(f"trl {import_trl().__version__} DPOTrainer, precompute_ref_log_probs=True: {rate:.2f} pairs/s "
+        f"median {ours:.2f} pairs/s")
+  print(f"trl {import_trl().__version__} DPOTrainer, precompute_ref_log_probs=True: median {rate:.2f} pairs/s "
         f"(tiny Llama 4x256, vocab {len(tokenizer)}, batch {args.batch_size}, {args.steps - 1} timed steps, "
-        f"fp32 CPU, {torch.get_num_threads()} torch threads)")
+        f"{args.repeats} runs a side, fp32 CPU, {torch.get_num_threads()} torch threads)")
   print(f"ratio={ours / rate:.3f} ours={ours:.3f} baseline={rate:.3f} unit=pairs/s")
   return ours / rate
 

@@ -10,7 +10,7 @@ Entries (`--what`), at the shapes the study's configs use, bf16 compute, float32
 optimizer state, data-parallel over every chip (`config.mesh` data=-1, fsdp=1):
 - train: the 135M pre-training step at 64x128 (configs/pretrain.py) and 32x512;
 - eval: the eval loss at 64x128;
-- dpo: the DPO step, 32 pairs (chosen + rejected rows, 128 tokens), reference log-probs cached;
+- dpo: the DPO step, 32 pairs (one packed row each: prompt, chosen, rejected; 128 tokens), reference cached;
 - ppo: score_rollout and the update (batch 16, mini-batch 4, 4 epochs; rows of 64 = a 32-token
   prompt bucket + 20 new tokens, padded to 16);
 - sample: the sampler's decode loop (16 prompts of 32 tokens, 20 new tokens, stop tokens and sequences);
@@ -133,13 +133,12 @@ def dpo_entry(cfg, mesh, pairs=32, length=128) -> Entry:
   loss_fn = dpo.make_loss_fn(graphdef, beta=0.1, loss_type="sigmoid", label_smoothing=0.0)
   fn = step.jit_train_step(loss_fn, tx, mesh, shardings)
   sh = sharding.batch_sharding(mesh, 1)
-  batch = {f"{side}_{k}": jax.ShapeDtypeStruct((1, pairs, length), jnp.float32 if k == "mask" else jnp.int32,
-                                               sharding=sh)
-           for side in ("chosen", "rejected") for k in ("inputs", "targets", "mask")}
+  batch = {k: jax.ShapeDtypeStruct((1, pairs, length), jnp.float32 if k.endswith("mask") else jnp.int32, sharding=sh)
+           for k in dpo.PACKED}       # one packed row per pair: prompt once, then chosen and rejected replies
   batch.update({k: jax.ShapeDtypeStruct((1, pairs), jnp.float32, sharding=sh)
                 for k in ("ref_chosen", "ref_rejected", "valid")})
-  return Entry(f"dpo step {pairs} pairs x{length}", fn, (aot.on_mesh(abstract, shardings), batch),
-               train_flops(cfg, 2 * pairs * length, length), rows=pairs)
+  return Entry(f"dpo step {pairs} pairs packed x{length}", fn, (aot.on_mesh(abstract, shardings), batch),
+               train_flops(cfg, pairs * length, length), rows=pairs)
 
 
 def _ppo_parts(cfg, mesh):

@@ -170,6 +170,7 @@ def dpo(pairs: str, tiny: bool = False) -> ml_collections.ConfigDict:
   c.dpo.beta = 0.1
   c.dpo.loss_type = "sigmoid"     # sigmoid | ipo | hinge
   c.dpo.label_smoothing = 0.0     # conservative DPO (sigmoid only), as trl
+  c.dpo.pairs_per_row = 0         # pairs laid end to end in one token row; 0: ~128 tokens a row (rl/dpo.py)
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 10

@@ -163,8 +163,8 @@ class Attention(nnx.Module):
     self.v_proj = Linear(h, cfg.num_kv_heads * d, std, dtype, rngs=rngs)
     self.o_proj = Linear(cfg.num_heads * d, h, std, dtype, rngs=rngs)
 
-  def __call__(self, x_BxLxD, cos_BxLxK, sin_BxLxK, cache=None):
-    """Causal self-attention. With `cache = (k_LxBxGxTxK, v_LxBxGxTxK, layer, mask_Bx1xLxT, end)`
+  def __call__(self, x_BxLxD, cos_BxLxK, sin_BxLxK, cache=None, segments_BxL=None):
+    """Causal self-attention (`segments_BxL`: shared-prefix packing, see ops.segment_mask). With `cache = (k_LxBxGxTxK, v_LxBxGxTxK, layer, mask_Bx1xLxT, end)`
     (every layer's cache, this layer's index) the new keys/values are written at slots
     `end..end+L-1` of layer `layer` and the queries attend to the slots `mask` allows.
     Returns the output (and the updated stacked k, v)."""
@@ -173,7 +173,8 @@ class Attention(nnx.Module):
     k_BxLxGxK = self.k_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
     v_BxLxGxK = self.v_proj(x_BxLxD).reshape(b, l, self.num_kv_heads, self.head_dim)
     if cache is None:
-      out_BxLxHxK = ops.rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
+      out_BxLxHxK = ops.rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK,
+                                       segments_BxL=segments_BxL)
       return self.o_proj(out_BxLxHxK.reshape(b, l, self.num_heads * self.head_dim))
     k_LxBxGxTxK, v_LxBxGxTxK, layer, mask_Bx1xLxT, end = cache
     q_BxLxHxK = ops.apply_rope(q_BxLxHxK, cos_BxLxK, sin_BxLxK)
@@ -211,10 +212,10 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
     self.mlp = MLP(cfg, dtype, rngs=rngs)
 
-  def __call__(self, x_BxLxD, cos, sin, cache=None):
+  def __call__(self, x_BxLxD, cos, sin, cache=None, segments_BxL=None):
     """The residual block; with a `cache` (see Attention) returns `(x, new k, new v)`."""
     if cache is None:
-      x_BxLxD = x_BxLxD + self.self_attn(self.input_layernorm(x_BxLxD), cos, sin)
+      x_BxLxD = x_BxLxD + self.self_attn(self.input_layernorm(x_BxLxD), cos, sin, segments_BxL=segments_BxL)
       return x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
     attn_BxLxD, k, v = self.self_attn(self.input_layernorm(x_BxLxD), cos, sin, cache)
     x_BxLxD = x_BxLxD + attn_BxLxD
@@ -254,10 +255,13 @@ class Llama(nnx.Module):
     h_BxLxD, cache = self.hidden(tokens_BxL, positions_BxL, cache)
     return self.logits(h_BxLxD), cache
 
-  def logprobs(self, inputs_BxL: jax.Array, targets_BxL: jax.Array, **kwargs) -> dict:
+  def logprobs(self, inputs_BxL: jax.Array, targets_BxL: jax.Array, positions_BxL: jax.Array | None = None,
+               segments_BxL: jax.Array | None = None, **kwargs) -> dict:
     """Per-position log p(target | inputs up to it) and friends: `ops.token_logprobs` on the hidden
-    states and the head (chunked; `kwargs`: entropy, mask_V, chunk_tokens)."""
-    return ops.token_logprobs(self.hidden(inputs_BxL), self.head_kernel(), targets_BxL, **kwargs)
+    states and the head (chunked; `kwargs`: entropy, mask_V, chunk_tokens). `positions`/`segments`:
+    packed rows, see `hidden`."""
+    h_BxLxD = self.hidden(inputs_BxL, positions_BxL, segments_BxL=segments_BxL)
+    return ops.token_logprobs(h_BxLxD, self.head_kernel(), targets_BxL, **kwargs)
 
   def logits(self, h_BxLxD: jax.Array) -> jax.Array:
     """The output head on final hidden states: float32 logits `[..., V]` (for the few positions a
@@ -272,10 +276,13 @@ class Llama(nnx.Module):
     return self.lm_head.kernel[...].astype(dtype)
 
   def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None, cache: dict | None = None,
-             layers: list | None = None):
+             layers: list | None = None, segments_BxL: jax.Array | None = None):
     """The final normalised hidden states `[B, L, D]` (the output head's input).
 
-    Without a cache: causal attention over the L tokens (positions default to 0..L-1).
+    Without a cache: causal attention over the L tokens (positions default to 0..L-1). With
+    `segments_BxL` a row packs a shared prefix (segment 0) and branches that continue it (1, 2,
+    ...) without seeing each other (`ops.segment_mask`); each branch's positions restart where
+    the prefix ends, so every token gets the values it would get in its own unpacked row.
     With a cache (`init_cache`): the tokens fill slots `end..end+L-1` and attend to every
     slot whose position is >= 0 and <= their own (positions default to `end + 0..L-1`;
     give -1 to padding tokens); returns `(hidden, new cache)`. The caller sizes the cache:
@@ -290,7 +297,9 @@ class Llama(nnx.Module):
     cos, sin = rope_cos_sin(positions_BxL, self.cfg.dim_per_head, self.cfg.rope_theta)
     x_BxLxD = jnp.take(self.embed_tokens[...], tokens_BxL, axis=0).astype(dtype)
     if cache is None:
-      return self.norm(self.run_layers(x_BxLxD, cos, sin, layers=layers))
+      return self.norm(self.run_layers(x_BxLxD, cos, sin, layers=layers, segments_BxL=segments_BxL))
+    if segments_BxL is not None:
+      raise ValueError("Llama.hidden: segments are for a forward without a cache")
     end = cache["end"]
     key_pos_BxT = jax.lax.dynamic_update_slice(cache["positions"], positions_BxL.astype(jnp.int32), (0, end))
     query_pos_BxLx1 = positions_BxL.astype(jnp.int32)[:, :, None]
@@ -310,7 +319,7 @@ class Llama(nnx.Module):
     stacked = nnx.state(self.layers)
     return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.cfg.num_layers)]
 
-  def run_layers(self, x_BxLxD, cos, sin, cache=None, layers: list | None = None):
+  def run_layers(self, x_BxLxD, cos, sin, cache=None, layers: list | None = None, segments_BxL=None):
     """The decoder stack on embeddings `[B, L, D]`; same values however it runs.
 
     Accelerators (`ops.layer_loop` scan): one rolled lax.scan, one layer body to compile.
@@ -327,7 +336,7 @@ class Llama(nnx.Module):
     if layers is not None:
       if cache is None:
         for view in layers:
-          x_BxLxD = nnx.merge(graphdef, view)(x_BxLxD, cos, sin)
+          x_BxLxD = nnx.merge(graphdef, view)(x_BxLxD, cos, sin, segments_BxL=segments_BxL)
         return x_BxLxD
       k, v, mask_Bx1xLxT, end = cache
       for i, view in enumerate(layers):
@@ -335,8 +344,8 @@ class Llama(nnx.Module):
       return x_BxLxD, k, v
     if cache is None:
       if ops.layer_loop() == "scan":
-        return _layer_scan(graphdef, 1)(x_BxLxD, stacked, cos, sin)
-      return _stack_rolled_forward(graphdef, self.cfg.num_layers)(x_BxLxD, stacked, cos, sin)
+        return _layer_scan(graphdef, 1)(x_BxLxD, stacked, cos, sin, segments_BxL)
+      return _stack_rolled_forward(graphdef, self.cfg.num_layers)(x_BxLxD, stacked, cos, sin, segments_BxL)
     k_LxBxGxTxK, v_LxBxGxTxK, mask_Bx1xLxT, end = cache
 
     def body_cached(carry, xs):
@@ -349,9 +358,9 @@ class Llama(nnx.Module):
 
 
 def _layer_scan(graphdef, unroll: int):
-  """`(x, stacked layer state, cos, sin) -> x`: the layers under one lax.scan (`unroll` layers per trip)."""
-  def run(x_BxLxD, stacked, cos, sin):
-    body = lambda x, layer_state: (nnx.merge(graphdef, layer_state)(x, cos, sin), None)
+  """`(x, stacked layer state, cos, sin, segments) -> x`: the layers under one lax.scan (`unroll` layers per trip)."""
+  def run(x_BxLxD, stacked, cos, sin, segments_BxL=None):
+    body = lambda x, layer_state: (nnx.merge(graphdef, layer_state)(x, cos, sin, segments_BxL=segments_BxL), None)
     return jax.lax.scan(body, x_BxLxD, stacked, unroll=unroll)[0]
   return run
 
@@ -362,11 +371,11 @@ def _stack_rolled_forward(graphdef, num_layers: int):
   rolled, unrolled = _layer_scan(graphdef, 1), _layer_scan(graphdef, num_layers)
 
   @jax.custom_vjp
-  def run(x_BxLxD, stacked, cos, sin):
-    return rolled(x_BxLxD, stacked, cos, sin)
+  def run(x_BxLxD, stacked, cos, sin, segments_BxL):
+    return rolled(x_BxLxD, stacked, cos, sin, segments_BxL)
 
-  def fwd(x_BxLxD, stacked, cos, sin):
-    return jax.vjp(unrolled, x_BxLxD, stacked, cos, sin)
+  def fwd(x_BxLxD, stacked, cos, sin, segments_BxL):
+    return jax.vjp(unrolled, x_BxLxD, stacked, cos, sin, segments_BxL)
 
   run.defvjp(fwd, lambda vjp_fn, g_BxLxD: vjp_fn(g_BxLxD))
   return run

@@ -132,19 +132,44 @@ def describe_kernels(cfg, backend: str | None = None) -> str:
           "LLAMALOGUE_KERNELS / LLAMALOGUE_ATTENTION / LLAMALOGUE_LAYERS override")
 
 
-def rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK, kernels: str | None = None):
+def rope_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK, kernels: str | None = None,
+                   segments_BxL=None):
   """Causal attention of rotary-embedded queries and keys: `[B, L, H, K]` out.
 
   `q` has H heads, `k`/`v` have G (H % G == 0: query head h attends with group h // (H/G),
   as in Hugging Face's repeat_kv). `cos`/`sin` are the rotate-half tables `[B, L, K]`
-  (no gradient flows to them).
+  (no gradient flows to them). `segments_BxL` (int, optional) packs several sequences that
+  share a prefix into one row: a token attends to the earlier tokens of segment 0 (the
+  shared prefix) and of its own segment only (see `segment_mask`).
   """
   if select_kernels(kernels) == "cpu":
-    return rope_attention_cpu(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)
+    return rope_attention_cpu(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK, segments_BxL)
   cos, sin = jax.lax.stop_gradient(cos_BxLxK), jax.lax.stop_gradient(sin_BxLxK)
   q, k = apply_rope(q_BxLxHxK, cos, sin), apply_rope(k_BxLxGxK, cos, sin)
+  if segments_BxL is not None:   # a general mask: XLA's attention on every backend (cuDNN's fused one takes none)
+    return jax.nn.dot_product_attention(q, k, v_BxLxGxK, mask=segment_mask(segments_BxL)[:, None],
+                                        implementation="xla")
   return jax.nn.dot_product_attention(q, k, v_BxLxGxK, is_causal=True,
                                       implementation=attention_implementation(q.dtype, q.shape[-1]))
+
+
+SEGMENT_PARTS = 4   # a segment id is `4 * group + part`
+
+
+def segment_mask(segments_BxL) -> jax.Array:
+  """Bool `[B, L, L]` (query, key) for rows that pack several groups of sequences sharing a prefix.
+
+  A segment id is `SEGMENT_PARTS * group + part`. A query sees the earlier keys of its own group
+  only: its part 0 (the prefix every branch reads) and its own part; parts 1, 2, ... are branches
+  that continue the prefix without seeing each other (a DPO pair: prompt, chosen reply, rejected
+  reply; several pairs to a row are several groups; padding is a part of its own). Every query
+  sees itself, so no row of the softmax is empty.
+  """
+  l = segments_BxL.shape[-1]
+  causal_LxL = jnp.arange(l)[:, None] >= jnp.arange(l)[None, :]
+  seg_q, seg_k = segments_BxL[:, :, None], segments_BxL[:, None, :]
+  same_group = (seg_q // SEGMENT_PARTS) == (seg_k // SEGMENT_PARTS)
+  return causal_LxL[None] & same_group & ((seg_k % SEGMENT_PARTS == 0) | (seg_k == seg_q))
 
 
 def apply_rope(x_BxLxHxK, cos_BxLxK, sin_BxLxK):
@@ -179,7 +204,7 @@ def _heads_minor(x_BxGxRxLxK):
   return x_BxGxRxLxK.transpose(0, 3, 1, 2, 4).reshape(b, l, g * r, k)
 
 
-def _attention_fwd_core(q, k, v, cos, sin):
+def _attention_fwd_core(q, k, v, cos, sin, segments):
   groups = k.shape[2]
   scale = 1.0 / math.sqrt(q.shape[-1])
   cos_t, sin_t = cos[:, None, None], sin[:, None, None]            # [B, 1, 1, L, K]
@@ -192,8 +217,12 @@ def _attention_fwd_core(q, k, v, cos, sin):
   b, g, r, l, d = q_t.shape
   q_t, k_t, v_t = q_t.reshape(b * g, r * l, d), k_t.reshape(b * g, l, d), v_t.reshape(b * g, l, d)
   s = jnp.einsum("nmd,nld->nml", q_t, k_t, preferred_element_type=jnp.float32) * scale
-  causal = (jnp.arange(r * l) % l)[:, None] >= jnp.arange(l)[None, :]
-  s = jnp.where(causal, s, -jnp.inf)
+  if segments is None:
+    causal = (jnp.arange(r * l) % l)[:, None] >= jnp.arange(l)[None, :]
+    s = jnp.where(causal, s, -jnp.inf)
+  else:                                                             # [B, L, L] over the G x R heads of each row
+    allowed = segment_mask(segments)[:, None, None]
+    s = jnp.where(allowed, s.reshape(b, g, r, l, l), -jnp.inf).reshape(b * g, r * l, l)
   e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
   p = (e / jnp.sum(e, axis=-1, keepdims=True)).astype(v.dtype)
   o = jnp.einsum("nml,nld->nmd", p, v_t, preferred_element_type=jnp.float32).astype(q.dtype)
@@ -201,13 +230,13 @@ def _attention_fwd_core(q, k, v, cos, sin):
 
 
 @jax.custom_vjp
-def rope_attention_cpu(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK):
+def rope_attention_cpu(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK, segments_BxL=None):
   """`rope_attention` for XLA:CPU: head-major layout, a written-out backward pass."""
-  return _attention_fwd_core(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK)[0]
+  return _attention_fwd_core(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cos_BxLxK, sin_BxLxK, segments_BxL)[0]
 
 
-def _attention_fwd(q, k, v, cos, sin):
-  out, res = _attention_fwd_core(q, k, v, cos, sin)
+def _attention_fwd(q, k, v, cos, sin, segments=None):
+  out, res = _attention_fwd_core(q, k, v, cos, sin, segments)
   return out, res + (cos, sin)
 
 
@@ -231,7 +260,7 @@ def _attention_bwd(res, do_BxLxHxK):
   dk = dk * cos_t[:, :, 0] + _rotate_half_t(dk * sin_t[:, :, 0])
   dt = do_BxLxHxK.dtype
   return (_heads_minor(dq.astype(dt)), _heads_minor(dk[:, :, None].astype(dt)),
-          _heads_minor(dv[:, :, None].astype(dt)), jnp.zeros_like(cos), jnp.zeros_like(sin))
+          _heads_minor(dv[:, :, None].astype(dt)), jnp.zeros_like(cos), jnp.zeros_like(sin), None)
 
 
 rope_attention_cpu.defvjp(_attention_fwd, _attention_bwd)

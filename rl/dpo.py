@@ -14,6 +14,7 @@ sharded train step; the loop, checkpoints and evaluation are rl/finetune.py's.
 import hashlib
 import io
 import json
+import math
 import pathlib
 
 import jax
@@ -23,7 +24,7 @@ from flax import nnx
 
 from llamalogue import checkpoint as ckpt_lib
 from llamalogue import distributed
-from llamalogue import loop, progress, shapes
+from llamalogue import loop, ops, progress, shapes
 from llamalogue import sharding as sharding_lib
 from llamalogue import step as step_lib
 from llamalogue.errors import ConfigError, DataError
@@ -70,20 +71,24 @@ def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array, ref_chose
 
 # ----------------------------------------------------------------------------- the DPO step
 
-def sequence_logps(params, graphdef, inputs_NxL, targets_NxL, mask_NxL, average: bool = False) -> jax.Array:
-  """Summed (or, `average`, mean) log-probability of the masked targets of each row `[N]`."""
-  logp_NxL = nnx.merge(graphdef, params).logprobs(inputs_NxL, targets_NxL)["logprobs"]
-  mask_NxL = mask_NxL.astype(jnp.float32)
-  total_N = jnp.sum(logp_NxL * mask_NxL, axis=-1)
-  return total_N / jnp.maximum(jnp.sum(mask_NxL, axis=-1), 1.0) if average else total_N
-
-
 def both_sides_logps(params, graphdef, batch: dict, average: bool = False) -> tuple[jax.Array, jax.Array]:
-  """(chosen `[b]`, rejected `[b]`) log-probabilities in one forward pass over the 2b rows (trl's concatenated forward)."""
-  cat = lambda k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
-  logps_2b = sequence_logps(params, graphdef, cat("inputs"), cat("targets"), cat("mask"), average)
-  b = batch["chosen_inputs"].shape[0]
-  return logps_2b[:b], logps_2b[b:]
+  """(chosen `[b]`, rejected `[b]`) summed (or, `average`, mean) log-probabilities of each pair's replies,
+  from one forward over the batch's packed rows (`batch_rows`: each pair's prompt once, both replies
+  after it, `b / rows` pairs to a row; `valid` `[b]` gives b)."""
+  model = nnx.merge(graphdef, params)
+  logp_RxL = model.logprobs(batch["tokens"], batch["targets"], batch["positions"], batch["segments"])["logprobs"]
+  rows = batch["tokens"].shape[0]
+  per_row = batch["valid"].shape[-1] // rows
+  slot_RxLxK = (batch["segments"][..., None] // ops.SEGMENT_PARTS == jnp.arange(per_row)).astype(jnp.float32)
+
+  def side(mask_RxL):
+    mask_RxL = mask_RxL.astype(jnp.float32)
+    total_b = jnp.einsum("rl,rlk->rk", logp_RxL * mask_RxL, slot_RxLxK).reshape(-1)
+    if not average:
+      return total_b
+    return total_b / jnp.maximum(jnp.einsum("rl,rlk->rk", mask_RxL, slot_RxLxK).reshape(-1), 1.0)
+
+  return side(batch["chosen_mask"]), side(batch["rejected_mask"])
 
 
 def make_loss_fn(graphdef, *, beta: float, loss_type: str, label_smoothing: float):
@@ -113,41 +118,110 @@ def jit_reference_logps(graphdef, average: bool):
 
 # ----------------------------------------------------------------------------- data for the loop
 
-def needed_lengths(arrays: dict) -> np.ndarray:
-  """`[N]`: per pair, the positions its log-probabilities read (through its last scored target, on
-  either side). Causal attention makes the positions after it irrelevant, so a batch can be cut there."""
-  def last(mask_NxL):
-    scored = mask_NxL > 0
-    return np.where(scored.any(axis=1), scored.shape[1] - np.argmax(scored[:, ::-1], axis=1), 1)
-  return np.maximum(last(arrays["chosen_mask"]), last(arrays["rejected_mask"]))
+PACKED = ("tokens", "positions", "segments", "targets", "chosen_mask", "rejected_mask")
+PAD_SEGMENT = 3   # padding after a row's end: attends to the prompt and to itself, scores nothing
 
 
-TOKEN_ARRAYS = tuple(f"{side}_{k}" for side in ("chosen", "rejected") for k in ("inputs", "targets", "mask"))
+def _scored_end(mask_NxL: np.ndarray) -> np.ndarray:
+  """`[N]`: one past each row's last scored target (1 for a row with none)."""
+  scored = mask_NxL > 0
+  return np.where(scored.any(axis=1), scored.shape[1] - np.argmax(scored[:, ::-1], axis=1), 1)
 
 
-def cut_batch(batch: dict, lengths: np.ndarray) -> dict:
-  """`batch` (rows of the pair arrays; `lengths` their needed_lengths) with its token arrays cut to the
-  bucket of its longest row."""
-  full = batch["chosen_inputs"].shape[-1]
-  cut = min(shapes.bucket_len(int(lengths.max()), 16), full)   # 16, 32, 48, 64, 96, 128, ...: a few compiles
-  return {k: v[:, :cut] if k in TOKEN_ARRAYS else v for k, v in batch.items()}
+def pack_pairs(sides: dict) -> dict:
+  """Each pair as one row: the positions both sides share, then the chosen branch, then the rejected one.
+
+  `sides` holds `{chosen,rejected}_{inputs,targets,mask}` `[N, L]` (next-token rows, rl/pairs.py).
+  The shared part is the longest prefix on which the two sides have the same inputs and the same
+  targets (the prompt, up to the token before the replies part): causal attention gives its
+  log-probabilities once for both. Each branch runs from there to its last scored target, its
+  positions restarting where the shared part ends, and attends to the shared part and to itself
+  only (`segments` 0 / 1 / 2, `ops.segment_mask`), so each side's log-probabilities are the ones its
+  own row would give, with the prompt's tokens computed once. Returns `PACKED` arrays `[N, P]`
+  (padding after each row's end: segment `PAD_SEGMENT`, masks 0) and `lengths` `[N]`.
+  """
+  ci, ct, cm = sides["chosen_inputs"], sides["chosen_targets"], sides["chosen_mask"]
+  ri, rt, rm = sides["rejected_inputs"], sides["rejected_targets"], sides["rejected_mask"]
+  n, width = ci.shape[0], max(ci.shape[1], ri.shape[1])
+  pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])))
+  ci, ct, cm, ri, rt, rm = map(pad, (ci, ct, cm, ri, rt, rm))
+  end_c, end_r = _scored_end(cm), _scored_end(rm)
+  differ = (ci != ri) | (ct != rt)
+  first_diff = np.where(differ.any(axis=1), np.argmax(differ, axis=1), width)
+  shared = np.minimum(first_diff, np.minimum(end_c, end_r))
+  lengths = end_c + end_r - shared
+  p = int(lengths.max()) if n else 1
+  out = {"tokens": np.zeros((n, p), np.int32), "targets": np.zeros((n, p), np.int32),
+         "positions": np.zeros((n, p), np.int32), "segments": np.full((n, p), PAD_SEGMENT, np.int32),
+         "chosen_mask": np.zeros((n, p), np.float32), "rejected_mask": np.zeros((n, p), np.float32)}
+  for i in range(n):
+    s, c, r = int(shared[i]), int(end_c[i]), int(end_r[i])
+    mid, stop = c, c + r - s                     # chosen branch [s, mid), rejected branch [mid, stop)
+    out["tokens"][i, :s], out["targets"][i, :s] = ci[i, :s], ct[i, :s]
+    out["tokens"][i, s:mid], out["targets"][i, s:mid] = ci[i, s:c], ct[i, s:c]
+    out["tokens"][i, mid:stop], out["targets"][i, mid:stop] = ri[i, s:r], rt[i, s:r]
+    out["positions"][i, :stop] = np.concatenate([np.arange(c), np.arange(s, r)])
+    out["segments"][i, :s], out["segments"][i, s:mid], out["segments"][i, mid:stop] = 0, 1, 2
+    out["chosen_mask"][i, :s], out["chosen_mask"][i, s:mid] = cm[i, :s], cm[i, s:c]
+    out["rejected_mask"][i, :s], out["rejected_mask"][i, mid:stop] = rm[i, :s], rm[i, s:r]
+    out["tokens"][i, stop:] = out["tokens"][i, stop - 1] if stop else 0
+  return {**out, "lengths": lengths.astype(np.int32)}
+
+
+def pair_arrays(encoded) -> dict:
+  """`pack_pairs` of an rl/pairs.py encoding (`encode_pairs`)."""
+  sides = {}
+  for side in ("chosen", "rejected"):
+    s = getattr(encoded, side)
+    sides.update({f"{side}_inputs": s.inputs, f"{side}_targets": s.targets, f"{side}_mask": s.loss_mask})
+  return pack_pairs(sides)
+
+
+def batch_rows(arrays: dict, idx: np.ndarray, pairs_per_row: int) -> dict:
+  """The pairs `idx` of `pack_pairs` arrays as a step's token rows: `pairs_per_row` consecutive pairs end to
+  end in each row (segment ids `4 * slot + part`, ops.segment_mask: a pair sees nothing of another),
+  the rows cut to the length bucket of the longest (16, 32, 48, 64, 96, 128, 192, ...: a few compiles).
+
+  Returns `PACKED` arrays `[len(idx) / pairs_per_row, width]` and `valid` `[len(idx)]` (ones; the
+  caller zeroes padding pairs); every other `[N]` array (the cached reference) is taken at `idx`.
+  """
+  n = len(idx)
+  if n % pairs_per_row:
+    raise ValueError(f"{n} pairs do not fill rows of {pairs_per_row}")
+  rows, lengths = n // pairs_per_row, arrays["lengths"][idx]
+  totals = lengths.reshape(rows, pairs_per_row).sum(axis=1)
+  width = shapes.bucket_len(int(totals.max()), 16)
+  out = {k: np.zeros((rows, width), arrays[k].dtype) for k in PACKED}
+  out["segments"][:] = ops.SEGMENT_PARTS * pairs_per_row + PAD_SEGMENT   # padding: a group of its own
+  ends = np.zeros(rows, np.int64)
+  for i, pair in enumerate(idx):
+    r, slot = divmod(i, pairs_per_row)
+    span = slice(ends[r], ends[r] + lengths[i])
+    ends[r] += lengths[i]
+    for k in PACKED:
+      out[k][r, span] = arrays[k][pair, :lengths[i]]
+    out["segments"][r, span] += ops.SEGMENT_PARTS * slot
+  out.update({k: v[idx] for k, v in arrays.items() if k not in PACKED and k != "lengths"})
+  out["valid"] = np.ones(n, np.float32)
+  return out
 
 
 class PairBatches:
-  """Shuffled epochs over encoded pairs as `[A, b, ...]` batches; `state()`/`restore()` for exact resume.
+  """Shuffled epochs over packed pairs as `[A, ...]` batches; `state()`/`restore()` for exact resume.
 
   Each epoch is a permutation drawn from (seed, epoch); an epoch's last, partial batch is
-  filled with `valid=0` rows (trl keeps the partial batch: 18,000 pairs at 32 give 563 steps).
-  Each batch is cut to the bucket of its longest pair (`cut_batch`): the same values as the full
-  width, a few step shapes, a fraction of the tokens.
+  filled with `valid=0` pairs (trl keeps the partial batch: 18,000 pairs at 32 give 563 steps).
+  Each pair is packed once (`pack_pairs`: its prompt once, both replies after it) and each
+  micro-batch's pairs are laid end to end, `pairs_per_row` to a row (`batch_rows`), the rows cut
+  to a length bucket: the values of separate rows, a few step shapes, a fraction of the tokens.
   """
 
-  def __init__(self, arrays: dict, batch_size: int, accum: int, seed: int, mesh=None):
+  def __init__(self, arrays: dict, batch_size: int, accum: int, seed: int, mesh=None, pairs_per_row: int = 1):
     self.arrays, self.batch_size, self.accum, self.seed = arrays, batch_size, accum, seed
-    self.n = len(next(iter(arrays.values())))
+    self.pairs_per_row = pairs_per_row
+    self.n = len(arrays["lengths"])
     self.steps_per_epoch = -(-self.n // batch_size)
     self.epoch, self.pos = 0, 0
-    self.lengths = needed_lengths(arrays)
     self.sharding = None if mesh is None else sharding_lib.batch_sharding(mesh, leading_dims=1)
 
   def state(self) -> dict:
@@ -170,10 +244,10 @@ class PairBatches:
     valid = np.zeros(self.batch_size, np.float32)
     valid[:len(idx)] = 1.0
     idx = np.concatenate([idx, np.full(self.batch_size - len(idx), idx[0])]).astype(np.int64)
-    batch = cut_batch({k: v[idx] for k, v in self.arrays.items()}, self.lengths[idx])
+    batch = batch_rows(self.arrays, idx, self.pairs_per_row)
     batch["valid"] = valid
     batch = {k: v.reshape(self.accum, -1, *v.shape[1:]) for k, v in batch.items()}
-    tokens = int(batch["chosen_inputs"].size + batch["rejected_inputs"].size)
+    tokens = int(batch["tokens"].size)
     if self.sharding is not None:
       batch = {k: jax.device_put(v, self.sharding) for k, v in batch.items()}
     return batch, {"tokens": tokens}
@@ -192,7 +266,8 @@ def _fingerprint(*trees_and_arrays) -> str:
   return h.hexdigest()[:16]
 
 
-def reference_logps(ref_params, graphdef, arrays: dict, *, average: bool, batch_size: int, cache_path, key: str):
+def reference_logps(ref_params, graphdef, arrays: dict, *, average: bool, batch_size: int, cache_path, key: str,
+                    pairs_per_row: int = 1):
   """(chosen [N], rejected [N]) under the frozen reference, computed once and cached in `cache_path` (.npz).
 
   The cache is keyed by a digest of the reference parameters and the token rows; another
@@ -208,13 +283,13 @@ def reference_logps(ref_params, graphdef, arrays: dict, *, average: bool, batch_
     except Exception:  # a corrupt cache is recomputed
       pass
   fn = jit_reference_logps(graphdef, average)
-  n, lengths = len(arrays["chosen_inputs"]), needed_lengths(arrays)
+  n = len(arrays["tokens"])
   both = np.zeros((2, n), np.float32)
   starts = np.arange(0, n, batch_size)[distributed.my_rows(-(-n // batch_size))]
   with progress.bar(len(starts), "reference log-probs", "batch") as bar:
     for start in starts:
       idx = np.arange(start, start + batch_size) % n  # a fixed shape: the tail wraps around
-      c, r = fn(ref_params, cut_batch({k: v[idx] for k, v in arrays.items()}, lengths[idx]))
+      c, r = fn(ref_params, batch_rows(arrays, idx, pairs_per_row))
       keep = min(batch_size, n - start)
       both[0, start:start + keep], both[1, start:start + keep] = np.asarray(c)[:keep], np.asarray(r)[:keep]
       bar.update(1)
@@ -260,7 +335,7 @@ def _validate(config) -> None:
 
 
 def _encoded_arrays(config, workdir: pathlib.Path, base: finetune.Base):
-  """(token arrays of both sides, padded to one length; the data description; the held-out benchmark)."""
+  """(the pairs' packed rows, `pack_pairs`; the data description; the held-out benchmark)."""
   pairs, source, heldout = _pairs(config, workdir, base.tokenizer, base.spec)
   if not pairs:
     raise ConfigError(f"config.pairs: no usable pairs in {source}")
@@ -268,15 +343,34 @@ def _encoded_arrays(config, workdir: pathlib.Path, base: finetune.Base):
                                    on_error=config.on_error)
   if not len(encoded.rows):
     raise ConfigError(f"config.pairs: every pair of {source} was skipped while encoding")
-  length = max(encoded.chosen.inputs.shape[1], encoded.rejected.inputs.shape[1])
-  pad = lambda a: np.pad(a, ((0, 0), (0, length - a.shape[1])), constant_values=a[0, -1] if a.dtype != np.float32 else 0)
-  arrays = {}
-  for side in ("chosen", "rejected"):
-    s = getattr(encoded, side)
-    arrays.update({f"{side}_inputs": pad(s.inputs), f"{side}_targets": pad(s.targets), f"{side}_mask": pad(s.loss_mask)})
-  info = {"source": source, "pairs": len(pairs), **encoded.counts,
+  arrays = pair_arrays(encoded)
+  info = {"source": source, "pairs": len(pairs), **encoded.counts, "packed_tokens": int(arrays["lengths"].sum()),
           "skipped_loading": dict(getattr(pairs, "skipped", {})), "skipped_encoding": dict(encoded.skipped)}
   return arrays, info, heldout
+
+
+ROW_TOKENS = 128   # `pairs_per_row` 0: as many pairs to a row as fill about this many tokens on average
+
+
+def auto_pairs_per_row(micro: int, shards: int, mean_length: float, row_tokens: int = ROW_TOKENS) -> int:
+  """The most pairs to a row that divide each shard's share of a micro-batch and fill about `row_tokens`
+  on average. Longer rows cost more than they save: attention over a row grows with its square, most
+  of it masked (measured on XLA:CPU, tiny model, the study's pairs: 1, 2, 4, 8 pairs to a row took
+  86, 76, 75, 82 ms a step for 349, 279, 262, 256 tokens)."""
+  share = max(1, micro // shards)
+  fits = [d for d in range(1, share + 1) if share % d == 0 and d * mean_length <= row_tokens]
+  return max(fits, default=1)
+
+
+def pairs_per_row(config, mesh, mean_length: float) -> int:
+  """`config.dpo.pairs_per_row`, or (0) `auto_pairs_per_row` for this mesh and these pairs."""
+  micro = config.train.batch_size // config.train.accum_steps
+  shards = math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
+  per_row = config.dpo.get("pairs_per_row", 0) or auto_pairs_per_row(micro, shards, mean_length)
+  if micro % per_row or (micro // per_row) % shards:
+    raise ConfigError(f"config.dpo.pairs_per_row={per_row}: a micro-batch of {micro} pairs must fill whole rows, "
+                      f"a multiple of the {shards} data-parallel shards")
+  return per_row
 
 
 def run(config, workdir: str) -> dict:
@@ -291,13 +385,14 @@ def run(config, workdir: str) -> dict:
 
   d, t = config.dpo, config.train
   average = d.loss_type == "ipo"
+  mesh = finetune.make_mesh(config)
+  per_row = pairs_per_row(config, mesh, float(arrays["lengths"].mean()))
   key = _fingerprint(base.params, arrays, np.array([average]))
   arrays["ref_chosen"], arrays["ref_rejected"] = reference_logps(
       base.params, base.graphdef, arrays, average=average, batch_size=t.eval_batch_size,
-      cache_path=workdir / "reference_logps.npz", key=key)
+      cache_path=workdir / "reference_logps.npz", key=key, pairs_per_row=math.gcd(per_row, t.eval_batch_size))
 
-  mesh = finetune.make_mesh(config)
-  batches = PairBatches(arrays, t.batch_size, t.accum_steps, config.seed, mesh)
+  batches = PairBatches(arrays, t.batch_size, t.accum_steps, config.seed, mesh, pairs_per_row=per_row)
   total_steps = t.max_steps or t.epochs * batches.steps_per_epoch
   tx, schedule = step_lib.make_optimizer(config.optimizer, total_steps)
   layout = step_lib.state_layout(lambda p: step_lib.init_state(p, tx), mesh, base.params)

@@ -127,31 +127,31 @@ def test_bad_pair_file_one_line(base, tmp_path):
 
 
 def test_accumulation_equals_one_big_batch(base):
-  """The same 8 pairs as one micro-batch of 8 or 4 micro-batches of 2: the same step."""
+  """The same 8 pairs as one micro-batch of 8 (in one packed row) or 4 micro-batches of 2 (a row a pair):
+  the same step."""
   from llamalogue import hf, step
   from rl import dpo, pairs as pairs_lib
   model, tok = hf.load(str(base))
   graphdef, params = step.split_model(model)
   enc = pairs_lib.encode_pairs(pairs_lib.load_pairs(RELEASED, limit=8), tok)
-  arrays = {}
-  for side in ("chosen", "rejected"):
-    s = getattr(enc, side)
-    arrays.update({f"{side}_inputs": s.inputs, f"{side}_targets": s.targets, f"{side}_mask": s.loss_mask})
-  c, r = dpo.jit_reference_logps(graphdef, False)(params, arrays)
-  arrays.update(ref_chosen=np.asarray(c) - 0.3, ref_rejected=np.asarray(r) + 0.2, valid=np.ones(8, np.float32))
+  arrays = dpo.pair_arrays(enc)
+  c, r = dpo.jit_reference_logps(graphdef, False)(params, dpo.batch_rows(arrays, np.arange(8), 1))
+  arrays.update(ref_chosen=np.asarray(c) - 0.3, ref_rejected=np.asarray(r) + 0.2)
   opt = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
                                        weight_decay=0.0, grad_clip=1.0))
   tx, _ = step.make_optimizer(opt, 10)
   loss_fn = dpo.make_loss_fn(graphdef, beta=0.1, loss_type="sigmoid", label_smoothing=0.0)
   run = jax.jit(lambda s, b: step.train_step(loss_fn, tx, s, b))
-  one = run(step.init_state(params, tx), {k: v.reshape(1, 8, *v.shape[1:]) for k, v in arrays.items()})
-  four = run(step.init_state(params, tx), {k: v.reshape(4, 2, *v.shape[1:]) for k, v in arrays.items()})
+  micro = lambda n, accum, per_row: {k: v.reshape(accum, -1, *v.shape[1:])     # as PairBatches lays them out
+                                     for k, v in dpo.batch_rows(arrays, np.arange(n) % 8, per_row).items()}
+  one = run(step.init_state(params, tx), micro(8, 1, 8))         # 8 pairs in one row
+  four = run(step.init_state(params, tx), micro(8, 4, 1))        # 4 micro-batches of 2 rows of one pair
   for key in ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen"):
     np.testing.assert_allclose(one[1][key], four[1][key], rtol=2e-5, atol=1e-6)
   # Adam normalises each coordinate: float rounding of near-zero gradients shows at ~1e-5 of an lr of 1e-3.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), one[0]["params"], four[0]["params"])
-  # A padding row (valid = 0) changes nothing.
-  padded = {k: np.concatenate([v, v[:1]]) for k, v in arrays.items()}
-  padded["valid"][-1] = 0.0
-  nine = run(step.init_state(params, tx), {k: v.reshape(1, 9, *v.shape[1:]) for k, v in padded.items()})
+  # A padding pair (valid = 0) changes nothing.
+  padded = micro(9, 1, 3)
+  padded["valid"][0, -1] = 0.0
+  nine = run(step.init_state(params, tx), padded)
   np.testing.assert_allclose(one[1]["loss"], nine[1]["loss"], rtol=1e-6)

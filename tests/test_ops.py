@@ -296,3 +296,47 @@ def test_accelerator_attention_goes_through_dot_product_attention(monkeypatch):
   ops.rope_attention(q, q, q, cos, sin, kernels="accelerator")
   ops.rope_attention(q, q, q, cos, sin, kernels="cpu")
   assert seen == [{"is_causal": True, "implementation": "xla"}]
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_rope_attention_segments_equal_separate_rows(kernels):
+  """A packed row (shared prefix, branch 1, branch 2 with positions restarting after the prefix) gives each
+  branch the outputs and gradients of its own row [prefix + branch]."""
+  h, g, d, s, c, r = 4, 2, 8, 5, 4, 3
+  ks = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(ks[0], (1, s + c + r, h, d))
+  k = jax.random.normal(ks[1], (1, s + c + r, g, d))
+  v = jax.random.normal(ks[2], (1, s + c + r, g, d))
+  w = jax.random.normal(ks[3], (1, s + c + r, h, d))
+  positions = jnp.concatenate([jnp.arange(s + c), jnp.arange(s, s + r)])[None]
+  segments = jnp.array([[0] * s + [1] * c + [2] * r])
+  cos, sin = M.rope_cos_sin(positions, d, 10_000.0)
+  branch = {1: np.arange(s + c), 2: np.r_[np.arange(s), np.arange(s + c, s + c + r)]}
+
+  def packed(q, k, v):
+    return ops.rope_attention(q, k, v, cos, sin, kernels=kernels, segments_BxL=segments)
+
+  def separate(q, k, v):   # each branch as its own causal row; the prefix's outputs taken from branch 1's row
+    outs = {}
+    for j, idx in branch.items():
+      cs, sn = M.rope_cos_sin(jnp.arange(len(idx))[None], d, 10_000.0)
+      outs[j] = ops.rope_attention(q[:, idx], k[:, idx], v[:, idx], cs, sn, kernels=kernels)
+    return jnp.concatenate([outs[1], outs[2][:, s:]], axis=1)
+
+  with jax.default_matmul_precision("highest"):
+    out_p, out_s = jax.jit(packed)(q, k, v), jax.jit(separate)(q, k, v)
+    np.testing.assert_allclose(out_p, out_s, atol=2e-6)
+    # gradients: the prefix's tokens feed both branches, so compare the packed loss with the summed row losses
+    loss_p = lambda *a: jnp.sum(packed(*a) * w)
+    def loss_s(q, k, v):
+      total = 0.0
+      for j, idx in branch.items():
+        cs, sn = M.rope_cos_sin(jnp.arange(len(idx))[None], d, 10_000.0)
+        out = ops.rope_attention(q[:, idx], k[:, idx], v[:, idx], cs, sn, kernels=kernels)
+        weight = w[:, idx] if j == 1 else w[:, idx].at[:, :s].set(0.0)   # the prefix scored once
+        total = total + jnp.sum(out * weight)
+      return total
+    gp = jax.jit(jax.grad(loss_p, (0, 1, 2)))(q, k, v)
+    gs = jax.jit(jax.grad(loss_s, (0, 1, 2)))(q, k, v)
+  for a, b in zip(gp, gs):
+    np.testing.assert_allclose(a, b, atol=1e-5)

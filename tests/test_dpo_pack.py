@@ -1,0 +1,115 @@
+"""rl.dpo.pack_pairs / batch_rows: packed pairs (shared prompt once, chosen and rejected branches; one or several
+pairs to a row) give the log-probabilities, and their gradients, of the two sides' own rows; on the study's pairs it holds fewer
+tokens than separate rows."""
+
+import dataclasses
+import pathlib
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llamalogue import model as M
+from llamalogue import step
+from rl import dpo
+
+KERNELS = ["cpu", "accelerator"]
+
+
+def _sides(rng, n=5, width=14, vocab=48):
+  """Next-token rows of pairs with shared prompts of varying length, replies of varying length, right-padded."""
+  out = {f"{s}_{k}": [] for s in ("chosen", "rejected") for k in ("inputs", "targets", "mask")}
+  for i in range(n):
+    prompt = list(rng.integers(1, vocab, 2 + i))
+    for side in ("chosen", "rejected"):
+      ids = prompt + list(rng.integers(1, vocab, 1 + (i + (side == "rejected") * 2) % 4)) + [0]
+      inputs, targets = np.zeros(width, np.int32), np.zeros(width, np.int32)
+      mask = np.zeros(width, np.float32)
+      inputs[:len(ids) - 1], targets[:len(ids) - 1] = ids[:-1], ids[1:]
+      mask[len(prompt) - 1:len(ids) - 1] = 1.0
+      if i == 0:
+        mask[0] = 1.0    # a scored position inside the shared prompt counts on both sides
+      out[f"{side}_inputs"].append(inputs), out[f"{side}_targets"].append(targets), out[f"{side}_mask"].append(mask)
+  sides = {k: np.stack(v) for k, v in out.items()}
+  sides["rejected_inputs"][3] = sides["chosen_inputs"][3]       # identical sides: both branches empty
+  sides["rejected_targets"][3] = sides["chosen_targets"][3]
+  sides["rejected_mask"][3] = sides["chosen_mask"][3]
+  return sides
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("average,per_row", [(False, 1), (True, 1), (False, 5)])
+def test_packed_logps_and_gradients_equal_separate_rows(kernels, average, per_row, monkeypatch):
+  """Pairs packed one to a row or five to a row: each side's log-probabilities and the gradients of any
+  weighted sum of them equal those of separate rows."""
+  monkeypatch.setenv("LLAMALOGUE_KERNELS", kernels)
+  cfg = dataclasses.replace(M.PRESETS["tiny"], vocab_size=48, hidden_size=32, num_layers=2, num_heads=4,
+                            num_kv_heads=2, intermediate_size=48)
+  graphdef, params = step.init_params(cfg, 0)
+  sides = _sides(np.random.default_rng(0))
+  packed = dpo.pack_pairs(sides)
+  batch = dpo.batch_rows(packed, np.arange(5), per_row)
+  assert batch["tokens"].shape[0] == 5 // per_row
+  assert batch["tokens"].size < 2 * sides["chosen_inputs"].size
+
+  def separate(p):
+    model = nnx.merge(graphdef, p)
+    out = []
+    for side in ("chosen", "rejected"):
+      lp = model.logprobs(sides[f"{side}_inputs"], sides[f"{side}_targets"])["logprobs"]
+      m = sides[f"{side}_mask"]
+      out.append(jnp.sum(lp * m, -1) / (np.maximum(m.sum(-1), 1) if average else 1.0))
+    return out
+
+  weights = np.linspace(0.5, 1.5, len(packed["tokens"]))
+  objective = lambda fn: (lambda p: jnp.sum(weights * (fn(p)[0] - 0.7 * fn(p)[1])))
+  with jax.default_matmul_precision("highest"):
+    c_p, r_p = jax.jit(lambda p: dpo.both_sides_logps(p, graphdef, batch, average))(params)
+    c_s, r_s = jax.jit(separate)(params)
+    g_p = jax.jit(jax.grad(objective(lambda p: dpo.both_sides_logps(p, graphdef, batch, average))))(params)
+    g_s = jax.jit(jax.grad(objective(separate)))(params)
+  np.testing.assert_allclose(c_p, c_s, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(r_p, r_s, rtol=1e-5, atol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_p), jax.tree.leaves(g_s)):
+    scale = float(np.max(np.abs(b))) + 1e-6
+    np.testing.assert_allclose(a, b, atol=1e-5 * scale + 1e-7, err_msg=jax.tree_util.keystr(path))
+
+
+def test_pack_layout():
+  sides = _sides(np.random.default_rng(1))
+  packed = dpo.pack_pairs(sides)
+  for i in range(len(packed["tokens"])):
+    n = packed["lengths"][i]
+    seg, pos = packed["segments"][i], packed["positions"][i]
+    assert (seg[n:] == dpo.PAD_SEGMENT).all() and (packed["chosen_mask"][i, n:] == 0).all()
+    s = int((seg == 0).sum())
+    assert (seg[:s] == 0).all() and (pos[:s] == np.arange(s)).all()
+    for branch, mask in ((1, "chosen_mask"), (2, "rejected_mask")):
+      idx = np.flatnonzero(seg == branch)
+      assert (pos[idx] == s + np.arange(len(idx))).all()                   # each branch restarts after the prefix
+      side = mask.split("_")[0]
+      np.testing.assert_array_equal(packed["tokens"][i, idx], sides[f"{side}_inputs"][i, s:s + len(idx)])
+      assert packed[mask][i].sum() == sides[f"{side}_mask"][i].sum()        # every scored target, once
+  # identical sides: everything is shared, both branches empty, each side's targets scored from the prefix
+  end = int(dpo._scored_end(sides["chosen_mask"][3:4])[0])
+  assert packed["lengths"][3] == end and (packed["segments"][3, :end] == 0).all()
+
+
+def test_packing_saves_tokens_on_the_study_pairs():
+  """The study's naturalistic pairs share their prompt: packed rows hold far fewer tokens than two rows a pair."""
+  from evaluation import testing
+  from llamalogue import hf
+  from rl import pairs as pairs_lib
+  pairs = pairs_lib.load_pairs("data:communicative_baby/dpo_dataset/huggingface_dpo_format.json", limit=64)
+  with tempfile.TemporaryDirectory() as tmp:
+    texts = [t for p in pairs for t in (p.prompt + " " + p.chosen, p.prompt + " " + p.rejected)]
+    testing.make_tokenizer(pathlib.Path(tmp), texts, 512)
+    enc = pairs_lib.encode_pairs(pairs, hf.load_tokenizer(tmp))
+  packed = dpo.pair_arrays(enc)
+  separate = sum(int(dpo._scored_end(getattr(enc, s).loss_mask).sum()) for s in ("chosen", "rejected"))
+  assert packed["lengths"].sum() < 0.8 * separate
+  assert packed["chosen_mask"].sum() == enc.chosen.loss_mask.sum()
+  assert packed["rejected_mask"].sum() == enc.rejected.loss_mask.sum()
