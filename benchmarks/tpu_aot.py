@@ -10,7 +10,8 @@ Entries (`--what`), at the shapes the study's configs use, bf16 compute, float32
 optimizer state, data-parallel over every chip (`config.mesh` data=-1, fsdp=1):
 - train: the 135M pre-training step at 64x128 (configs/pretrain.py) and 32x512;
 - eval: the eval loss at 64x128;
-- dpo: the DPO step, 32 pairs (one packed row each: prompt, chosen, rejected; 128 tokens), reference cached;
+- dpo: the DPO step, 32 pairs in 32 packed rows of 128 tokens (prompt, chosen, rejected), reference cached
+  (an upper bound: a run lays ~4 of the study's pairs in a 128-token row, rl/dpo.py `auto_pairs_per_row`);
 - ppo: score_rollout and the update (batch 16, mini-batch 4, 4 epochs; rows of 64 = a 32-token
   prompt bucket + 20 new tokens, padded to 16);
 - sample: the sampler's decode loop (16 prompts of 32 tokens, 20 new tokens, stop tokens and sequences);
