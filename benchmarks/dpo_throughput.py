@@ -120,9 +120,9 @@ def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps
   The same model, pairs, batch and settings as the baseline; the reference log-probs are
   computed once beforehand (as trl's precompute), only the steps are timed: each pair one packed
   row (its prompt once, both replies after it, rl/dpo.py `pack_pairs`), a batch's pairs end to end,
-  ~128 tokens to a row, cut to a length bucket as in a DPO run on one device (trl pads each side of a batch to its
-  longest), every bucket's
-  step compiled beforehand, the first step left out as on trl's side. Tokenization as trl's
+  ~128 tokens to a row, balanced and cut to a multiple of 16 as in a DPO run on one device (`batch_rows`;
+  trl pads each side of a batch to its longest), every width's step compiled beforehand, the first step
+  left out as on trl's side. Tokenization as trl's
   (`style="trl"`), so both sides see the same rows.
   """
   import jax

@@ -138,6 +138,7 @@ def dpo_entry(cfg, mesh, pairs=32, length=128) -> Entry:
            for k in dpo.PACKED}       # one packed row per pair: prompt once, then chosen and rejected replies
   batch.update({k: jax.ShapeDtypeStruct((1, pairs), jnp.float32, sharding=sh)
                 for k in ("ref_chosen", "ref_rejected", "valid")})
+  batch["pair_slot"] = jax.ShapeDtypeStruct((1, pairs), jnp.int32, sharding=sh)
   return Entry(f"dpo step {pairs} pairs packed x{length}", fn, (aot.on_mesh(abstract, shardings), batch),
                train_flops(cfg, pairs * length, length), rows=pairs)
 

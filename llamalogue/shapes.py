@@ -11,16 +11,17 @@ def batch_size_for(pad_len: int, batch_tokens: int, max_batch: int) -> int:
   return min(max_batch, 1 << (b.bit_length() - 1))
 
 
-def bucket_len(n: int, multiple: int) -> int:
-  """Padded length: a multiple of `multiple` up to 4 of them, then steps of about x1.5.
+def bucket_len(n: int, multiple: int, linear_units: int = 4) -> int:
+  """Padded length: a multiple of `multiple` up to `linear_units` (a power of two) of them, then steps of about x1.5.
 
   Few distinct lengths means few compilations; the geometric steps waste at most
-  about a third of a long batch on padding.
+  about a third of a long batch on padding. Lengths that cluster (DPO's rows, each the sum of
+  several pairs) take more linear steps: few of them occur, and each wastes less.
   """
   padded = max(multiple, -(-n // multiple) * multiple)
-  if padded <= 4 * multiple:
+  if padded <= linear_units * multiple:
     return padded
-  units = 4                       # 4, 6, 8, 12, 16, 24, ... times `multiple`
+  units = linear_units            # 4, 6, 8, 12, 16, 24, ... times `multiple`
   while units * multiple < padded:
     units = units * 3 // 2 if units & (units - 1) == 0 else units * 4 // 3
   return units * multiple

@@ -74,19 +74,20 @@ def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array, ref_chose
 def both_sides_logps(params, graphdef, batch: dict, average: bool = False) -> tuple[jax.Array, jax.Array]:
   """(chosen `[b]`, rejected `[b]`) summed (or, `average`, mean) log-probabilities of each pair's replies,
   from one forward over the batch's packed rows (`batch_rows`: each pair's prompt once, both replies
-  after it, `b / rows` pairs to a row; `valid` `[b]` gives b)."""
+  after it, `b / rows` pairs to a row; `valid` `[b]` gives b), in pair order (`pair_slot`)."""
   model = nnx.merge(graphdef, params)
   logp_RxL = model.logprobs(batch["tokens"], batch["targets"], batch["positions"], batch["segments"])["logprobs"]
   rows = batch["tokens"].shape[0]
   per_row = batch["valid"].shape[-1] // rows
   slot_RxLxK = (batch["segments"][..., None] // ops.SEGMENT_PARTS == jnp.arange(per_row)).astype(jnp.float32)
+  pair_slot_b = batch["pair_slot"] % batch["valid"].shape[-1]   # slots within this micro-batch, in pair order
 
   def side(mask_RxL):
     mask_RxL = mask_RxL.astype(jnp.float32)
     total_b = jnp.einsum("rl,rlk->rk", logp_RxL * mask_RxL, slot_RxLxK).reshape(-1)
-    if not average:
-      return total_b
-    return total_b / jnp.maximum(jnp.einsum("rl,rlk->rk", mask_RxL, slot_RxLxK).reshape(-1), 1.0)
+    if average:
+      total_b = total_b / jnp.maximum(jnp.einsum("rl,rlk->rk", mask_RxL, slot_RxLxK).reshape(-1), 1.0)
+    return total_b[pair_slot_b]
 
   return side(batch["chosen_mask"]), side(batch["rejected_mask"])
 
@@ -177,31 +178,61 @@ def pair_arrays(encoded) -> dict:
   return pack_pairs(sides)
 
 
-def batch_rows(arrays: dict, idx: np.ndarray, pairs_per_row: int) -> dict:
-  """The pairs `idx` of `pack_pairs` arrays as a step's token rows: `pairs_per_row` consecutive pairs end to
-  end in each row (segment ids `4 * slot + part`, ops.segment_mask: a pair sees nothing of another),
-  the rows cut to the length bucket of the longest (16, 32, 48, 64, 96, 128, 192, ...: a few compiles).
+def balance_rows(lengths: np.ndarray, pairs_per_row: int) -> np.ndarray:
+  """`[n]`: the row (0 .. n / pairs_per_row - 1) of each of `n` pairs, `pairs_per_row` to a row, the longest
+  first to the row holding the fewest tokens so far: the longest row, which sets the batch's width, is as
+  short as this greedy rule makes it (on the study's pairs, 4 to a row: ~24% fewer tokens than in order)."""
+  n = len(lengths)
+  rows = n // pairs_per_row
+  if pairs_per_row == 1 or rows == 1:
+    return np.arange(n) // pairs_per_row
+  row_of, loads, counts = np.empty(n, np.int64), np.zeros(rows, np.int64), np.zeros(rows, np.int64)
+  for i in np.argsort(-np.asarray(lengths), kind="stable"):
+    open_rows = np.flatnonzero(counts < pairs_per_row)
+    r = open_rows[np.argmin(loads[open_rows])]
+    row_of[i], loads[r], counts[r] = r, loads[r] + lengths[i], counts[r] + 1
+  return row_of
 
-  Returns `PACKED` arrays `[len(idx) / pairs_per_row, width]` and `valid` `[len(idx)]` (ones; the
-  caller zeroes padding pairs); every other `[N]` array (the cached reference) is taken at `idx`.
+
+def batch_rows(arrays: dict, idx: np.ndarray, pairs_per_row: int, groups: int = 1) -> dict:
+  """The pairs `idx` of `pack_pairs` arrays as a step's token rows, `pairs_per_row` pairs end to end in
+  each row (segment ids `4 * slot + part`, ops.segment_mask: a pair sees nothing of another).
+
+  The pairs are split into `groups` consecutive chunks (the micro-batches, times the data-parallel
+  shards of each: a chunk's pairs stay in its rows), and within a chunk each pair goes to a row by
+  `balance_rows`; the rows are cut to a multiple of 16 tokens past the longest (then steps of x1.5
+  above 256: `shapes.bucket_len`). Returns `PACKED` arrays `[len(idx) / pairs_per_row, width]`,
+  `pair_slot` `[len(idx)]` (where pair i's sums are: row-major slot `row * pairs_per_row + k`,
+  `both_sides_logps` reads them back in `idx` order) and `valid` `[len(idx)]` (ones; the caller zeroes
+  padding pairs); every other `[N]` array (the cached reference) is taken at `idx`, in `idx` order.
   """
   n = len(idx)
-  if n % pairs_per_row:
-    raise ValueError(f"{n} pairs do not fill rows of {pairs_per_row}")
+  if n % (pairs_per_row * groups):
+    raise ValueError(f"{n} pairs do not fill rows of {pairs_per_row} in {groups} groups")
   rows, lengths = n // pairs_per_row, arrays["lengths"][idx]
-  totals = lengths.reshape(rows, pairs_per_row).sum(axis=1)
-  width = shapes.bucket_len(int(totals.max()), 16)
+  chunk, chunk_rows = n // groups, rows // groups
+  slot = np.empty(n, np.int64)
+  for g in range(groups):
+    pos = np.arange(g * chunk, (g + 1) * chunk)
+    row_of = balance_rows(lengths[pos], pairs_per_row) + g * chunk_rows
+    for r in range(g * chunk_rows, (g + 1) * chunk_rows):
+      members = pos[row_of == r]                       # in idx order within the row
+      slot[members] = r * pairs_per_row + np.arange(len(members))
+  totals = np.zeros(rows, np.int64)
+  np.add.at(totals, slot // pairs_per_row, lengths)
+  width = shapes.bucket_len(int(totals.max()), 16, linear_units=16)
   out = {k: np.zeros((rows, width), arrays[k].dtype) for k in PACKED}
   out["segments"][:] = ops.SEGMENT_PARTS * pairs_per_row + PAD_SEGMENT   # padding: a group of its own
   ends = np.zeros(rows, np.int64)
-  for i, pair in enumerate(idx):
-    r, slot = divmod(i, pairs_per_row)
+  for i in np.argsort(slot):
+    r, k = divmod(int(slot[i]), pairs_per_row)
     span = slice(ends[r], ends[r] + lengths[i])
     ends[r] += lengths[i]
-    for k in PACKED:
-      out[k][r, span] = arrays[k][pair, :lengths[i]]
-    out["segments"][r, span] += ops.SEGMENT_PARTS * slot
+    for key in PACKED:
+      out[key][r, span] = arrays[key][idx[i], :lengths[i]]
+    out["segments"][r, span] += ops.SEGMENT_PARTS * k
   out.update({k: v[idx] for k, v in arrays.items() if k not in PACKED and k != "lengths"})
+  out["pair_slot"] = slot.astype(np.int32)
   out["valid"] = np.ones(n, np.float32)
   return out
 
@@ -212,13 +243,16 @@ class PairBatches:
   Each epoch is a permutation drawn from (seed, epoch); an epoch's last, partial batch is
   filled with `valid=0` pairs (trl keeps the partial batch: 18,000 pairs at 32 give 563 steps).
   Each pair is packed once (`pack_pairs`: its prompt once, both replies after it) and each
-  micro-batch's pairs are laid end to end, `pairs_per_row` to a row (`batch_rows`), the rows cut
-  to a length bucket: the values of separate rows, a few step shapes, a fraction of the tokens.
+  micro-batch's pairs are laid end to end, `pairs_per_row` to a row (`batch_rows`: balanced within
+  each micro-batch's share of each data-parallel shard, the rows cut to a multiple of 16): the values
+  of separate rows, a few step shapes, a fraction of the tokens.
   """
 
   def __init__(self, arrays: dict, batch_size: int, accum: int, seed: int, mesh=None, pairs_per_row: int = 1):
     self.arrays, self.batch_size, self.accum, self.seed = arrays, batch_size, accum, seed
     self.pairs_per_row = pairs_per_row
+    shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
+    self.groups = accum * shards     # rows are balanced within each micro-batch's share of each shard
     self.n = len(arrays["lengths"])
     self.steps_per_epoch = -(-self.n // batch_size)
     self.epoch, self.pos = 0, 0
@@ -244,7 +278,7 @@ class PairBatches:
     valid = np.zeros(self.batch_size, np.float32)
     valid[:len(idx)] = 1.0
     idx = np.concatenate([idx, np.full(self.batch_size - len(idx), idx[0])]).astype(np.int64)
-    batch = batch_rows(self.arrays, idx, self.pairs_per_row)
+    batch = batch_rows(self.arrays, idx, self.pairs_per_row, self.groups)
     batch["valid"] = valid
     batch = {k: v.reshape(self.accum, -1, *v.shape[1:]) for k, v in batch.items()}
     tokens = int(batch["tokens"].size)

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from llamalogue import model as M
+from llamalogue import ops
 from llamalogue import step
 from rl import dpo
 
@@ -113,3 +114,32 @@ def test_packing_saves_tokens_on_the_study_pairs():
   assert packed["lengths"].sum() < 0.8 * separate
   assert packed["chosen_mask"].sum() == enc.chosen.loss_mask.sum()
   assert packed["rejected_mask"].sum() == enc.rejected.loss_mask.sum()
+
+
+def test_balanced_rows_keep_each_pair_in_its_group_and_its_values():
+  """Rows are balanced (longest pair first into the emptiest row): the batch is narrower than pairs laid in
+  order, each group's pairs stay in its rows, and each pair's log-probabilities come back in `idx` order,
+  equal to one pair a row."""
+  lengths = np.array([9, 8, 1, 1, 7, 2, 1, 1])
+  row_of = dpo.balance_rows(lengths, 2)
+  assert sorted(np.bincount(row_of)) == [2, 2, 2, 2]
+  assert np.bincount(row_of, weights=lengths).max() == 10           # in order the rows would hold 17, 2, 9, 2
+  cfg = dataclasses.replace(M.PRESETS["tiny"], vocab_size=48, hidden_size=32, num_layers=2, num_heads=4,
+                            num_kv_heads=2, intermediate_size=48)
+  graphdef, params = step.init_params(cfg, 0)
+  packed = dpo.pack_pairs(_sides(np.random.default_rng(2), n=8))
+  idx = np.array([7, 2, 5, 0, 4, 1, 6, 3])
+  one = dpo.batch_rows(packed, idx, 1)
+  for per_row, groups in ((2, 1), (2, 2), (4, 2)):
+    batch = dpo.batch_rows(packed, idx, per_row, groups)
+    rows_per_group = len(idx) // per_row // groups
+    # pair i of group g sits in one of g's rows
+    assert ((batch["pair_slot"] // per_row) // rows_per_group == np.arange(len(idx)) // (len(idx) // groups)).all()
+    assert sorted(batch["pair_slot"]) == list(range(len(idx)))
+    in_order = packed["lengths"][idx].reshape(-1, per_row).sum(1)            # rows if laid in order
+    assert batch["tokens"].shape[1] <= -(-in_order.max() // 16) * 16
+    assert in_order.sum() == int((batch["segments"] % ops.SEGMENT_PARTS != dpo.PAD_SEGMENT).sum())
+    with jax.default_matmul_precision("highest"):
+      got = jax.jit(lambda p, b: dpo.both_sides_logps(p, graphdef, b))(params, batch)
+      want = jax.jit(lambda p, b: dpo.both_sides_logps(p, graphdef, b))(params, one)
+    np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-5, atol=1e-5)
