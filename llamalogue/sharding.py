@@ -81,6 +81,11 @@ def batch_sharding(mesh: Mesh, leading_dims: int = 0) -> NamedSharding:
   return NamedSharding(mesh, P(*([None] * leading_dims), BATCH_AXES))
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways `batch_sharding` splits the batch axis."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -251,8 +251,8 @@ class PairBatches:
   def __init__(self, arrays: dict, batch_size: int, accum: int, seed: int, mesh=None, pairs_per_row: int = 1):
     self.arrays, self.batch_size, self.accum, self.seed = arrays, batch_size, accum, seed
     self.pairs_per_row = pairs_per_row
-    shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
-    self.groups = accum * shards     # rows are balanced within each micro-batch's share of each shard
+    # rows are balanced within each micro-batch's share of each shard
+    self.groups = accum * (1 if mesh is None else sharding_lib.batch_shards(mesh))
     self.n = len(arrays["lengths"])
     self.steps_per_epoch = -(-self.n // batch_size)
     self.epoch, self.pos = 0, 0
@@ -399,7 +399,7 @@ def auto_pairs_per_row(micro: int, shards: int, mean_length: float, row_tokens: 
 def pairs_per_row(config, mesh, mean_length: float) -> int:
   """`config.dpo.pairs_per_row`, or (0) `auto_pairs_per_row` for this mesh and these pairs."""
   micro = config.train.batch_size // config.train.accum_steps
-  shards = math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
+  shards = sharding_lib.batch_shards(mesh)
   per_row = config.dpo.get("pairs_per_row", 0) or auto_pairs_per_row(micro, shards, mean_length)
   if micro % per_row or (micro // per_row) % shards:
     raise ConfigError(f"config.dpo.pairs_per_row={per_row}: a micro-batch of {micro} pairs must fill whole rows, "
