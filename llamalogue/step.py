@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec as P
 
 from llamalogue import model as model_lib
 from llamalogue import distributed
@@ -139,6 +141,22 @@ def if_finite(finite: jax.Array, update: Callable[[Any], Any], state: Any) -> An
   return jax.lax.cond(finite, update, lambda s: s, state)
 
 
+def _grad_sums(loss_fn: LossFn, params, batch_AxB):
+  """(gradient of the summed loss, loss sum, count, aux sums) over the leading micro-batch axis (a
+  lax.scan accumulating them when there are several micro-batches)."""
+  grad_fn = jax.value_and_grad(_with_aux(loss_fn), has_aux=True)
+
+  def sums(micro):
+    (_, (loss_sum, n, aux)), g = grad_fn(params, micro)
+    return g, loss_sum, n, aux
+
+  if jax.tree.leaves(batch_AxB)[0].shape[0] == 1:
+    return sums(jax.tree.map(lambda x: x[0], batch_AxB))
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                       jax.eval_shape(sums, jax.tree.map(lambda x: x[0], batch_AxB)))
+  return jax.lax.scan(lambda acc, micro: (jax.tree.map(jnp.add, acc, sums(micro)), None), zeros, batch_AxB)[0]
+
+
 def _mean_grads(loss_fn: LossFn, params, batch_AxB):
   """(gradient of the mean loss, loss sum, count, aux sums) over the leading micro-batch axis.
 
@@ -146,35 +164,59 @@ def _mean_grads(loss_fn: LossFn, params, batch_AxB):
   XLA:CPU about as much as the backward pass itself on the 135M shape. With several,
   gradients of the summed losses accumulate in a lax.scan and are divided once.
   """
-  f = _with_aux(loss_fn)
   if jax.tree.leaves(batch_AxB)[0].shape[0] == 1:
+    f = _with_aux(loss_fn)
+
     def mean_loss(p, b):
       loss_sum, aux = f(p, b)
       return loss_sum / jnp.maximum(aux[1], 1.0), aux
     (_, (l_sum, n_sum, aux)), g = jax.value_and_grad(mean_loss, has_aux=True)(
         params, jax.tree.map(lambda x: x[0], batch_AxB))
     return g, l_sum, n_sum, aux
-  grad_fn = jax.value_and_grad(f, has_aux=True)
-
-  def body(carry, micro):
-    g_sum, l_sum, n_sum, aux_sum = carry
-    (_, (loss, n, aux)), g = grad_fn(params, micro)
-    return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss, n_sum + n, jax.tree.map(jnp.add, aux_sum, aux)), None
-
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  aux0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                      jax.eval_shape(lambda: f(params, jax.tree.map(lambda x: x[0], batch_AxB))[1][2]))
-  (g_sum, l_sum, n_sum, aux), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0), aux0), batch_AxB)
+  g_sum, l_sum, n_sum, aux = _grad_sums(loss_fn, params, batch_AxB)
   return jax.tree.map(lambda g: g / jnp.maximum(n_sum, 1.0), g_sum), l_sum, n_sum, aux
 
 
-def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, batch_AxB: dict):
+def flat_gradient_allreduce(mesh) -> bool:
+  """Whether the train step sums its gradients over the batch shards as one flat vector (`_flat_mean_grads`).
+
+  On CPU meshes with the batch split over 2+ devices and the parameters whole on each (fsdp 1):
+  XLA:CPU all-reduces a tuple of gradients one buffer after another, which across processes (gloo)
+  cost 136 ms a step for the tiny model's 39 gradients against 20 ms for one vector of them all
+  (2 processes x 1 device, benchmarks/multihost_overhead.py). GPU and TPU keep XLA's own
+  all-reduces, which it overlaps with the rest of the backward pass.
+  """
+  return (mesh is not None and mesh.devices.flat[0].platform == "cpu" and sharding_lib.batch_shards(mesh) > 1
+          and mesh.shape["fsdp"] == 1)
+
+
+def _flat_mean_grads(loss_fn: LossFn, params, batch_AxB, mesh):
+  """`_mean_grads` as each batch shard's sums (its micro-batches accumulated locally), then one `psum` of
+  a single flat vector (gradients, loss, count and aux sums together), then the division by the count.
+  A loss must be a sum over its batch rows, as every `LossFn` is (DPO's pair slots are shard-local:
+  rl/dpo.py `batch_rows` keeps a shard's pairs in its rows)."""
+  def local(params, batch_AxB):
+    flat, unflatten = ravel_pytree(_grad_sums(loss_fn, params, batch_AxB))
+    return unflatten(jax.lax.psum(flat, sharding_lib.BATCH_AXES))
+
+  g_sum, l_sum, n_sum, aux = jax.shard_map(
+      local, mesh=mesh, in_specs=(P(), P(None, sharding_lib.BATCH_AXES)), out_specs=P(), check_vma=False)(
+          params, batch_AxB)
+  return jax.tree.map(lambda g: g / jnp.maximum(n_sum, 1.0), g_sum), l_sum, n_sum, aux
+
+
+def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, batch_AxB: dict, mesh=None):
   """One optimizer step over `A` accumulated micro-batches (every batch leaf is `[A, b, ...]`).
 
   A non-finite loss or gradient skips the update (lax.cond: the state is returned as
   it was) and reports `finite=0`, so a checkpoint never holds NaNs; the loop stops on it.
+  `mesh`: the step's mesh, which picks how gradients are summed over batch shards
+  (`flat_gradient_allreduce`); None: XLA's all-reduces (GSPMD), as on GPU and TPU.
   """
-  grads, l_sum, n_sum, aux = _mean_grads(loss_fn, state["params"], batch_AxB)
+  if flat_gradient_allreduce(mesh):
+    grads, l_sum, n_sum, aux = _flat_mean_grads(loss_fn, state["params"], batch_AxB, mesh)
+  else:
+    grads, l_sum, n_sum, aux = _mean_grads(loss_fn, state["params"], batch_AxB)
   loss = l_sum / jnp.maximum(n_sum, 1.0)
   grad_norm = global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -193,7 +235,7 @@ def train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state: dict, b
 def jit_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh, state_shardings):
   """`train_step` under jax.jit with explicit shardings and the state donated."""
   return jax.jit(
-      lambda state, batch: train_step(loss_fn, tx, state, batch),
+      lambda state, batch: train_step(loss_fn, tx, state, batch, mesh),
       in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh, leading_dims=1)),
       out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
       donate_argnums=(0,))
