@@ -10,7 +10,7 @@ trained on them (or `--tokenizer DIR`).
 
 Ours: the jitted step of rl/dpo.py (policy forward + backward on chosen and rejected, AdamW,
 reference log-probs computed beforehand), on the same model, pairs (trl's tokenization) and
-batch. Each side runs in its own fresh process, `--repeats` times (default 3), alternating which
+batch, with main.py's malloc setting (trl keeps glibc's default, faster for it). Each side runs in its own fresh process, `--repeats` times (default 3), alternating which
 goes first (on a shared machine one run's rate moves by a third); the medians are compared.
 Last line: ratio=<ours/trl> ours=<median pairs/s> baseline=<median pairs/s> unit=pairs/s.
 
@@ -165,7 +165,15 @@ def ours_pairs_per_second(hf_model_dir, tokenizer, pairs, batch_size: int, steps
 
 
 def _one_side(args) -> float:
-  """A child run (`--side=ours|trl`): one side's pairs/s on the parent's model and tokenizer."""
+  """A child run (`--side=ours|trl`): one side's pairs/s on the parent's model and tokenizer.
+
+  Ours runs with main.py's malloc setting (llamalogue/runtime.py `keep_freed_memory`, before anything
+  allocates), as a DPO run of ours has it; trl with glibc's default, as a trl run has it (the setting
+  made trl's side slower here: one malloc arena for torch's threads).
+  """
+  if args.side == "ours":
+    from llamalogue import runtime
+    runtime.keep_freed_memory()
   from rl import pairs as pairs_lib
   from llamalogue import hf
   pairs = pairs_lib.load_pairs(args.pairs, limit=args.batch_size * args.steps)
