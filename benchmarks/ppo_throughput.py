@@ -36,12 +36,12 @@ The comparison, and how it is fair:
   * medians of the per-step wall times (a step whose response length gives a new padded
     shape recompiles our jitted forward/update once: a few such steps are in the timed set,
     the median leaves them out as they are amortised in a real run).
-What differs: by default ours trains on the re-encoded child reply (the study's
-`response=reply`: the continuation is cut at the next speaker tag, where the sampler also
-stops), trl on the raw sampled tokens (its `generate` stops at EOS only). A random model seldom
-writes a speaker tag, but the text it samples re-encodes into more tokens than it sampled
-(~25 a row against trl's 20: more work on our side; both printed); `--response=raw` trains
-ours on the sampled tokens as trl does. Ours pads the rows of a step to a multiple of 16
+The work trained on: by default (`--response=raw`) ours trains on the raw sampled tokens, as trl's
+`step()` does (its `generate` stops at EOS only): the same <= 20 tokens a row on both sides.
+`--response=reply` trains ours on the study's re-encoded child reply instead (the continuation cut
+at the next speaker tag, where the sampler also stops): a random model seldom writes a speaker tag,
+but the text it samples re-encodes into more tokens than it sampled (~26 a row against trl's 20:
+more work on our side only; both printed; on 2026-12-04 it gave 2.88x where raw gave 3.06x). Ours pads the rows of a step to a multiple of 16
 tokens (one compile per bucket), trl to the longest row of the step. trl's value head init and dropout draws differ from
 ours (timing only). Ours also keeps host-side counters and sample replies.
 
@@ -184,8 +184,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--quick", action="store_true", help="a smoke run: --warmup=1 --steps=1 --block=1")
   parser.add_argument("--reward", choices=("constant", "bleu"), default="constant",
                       help="our reward: constant (as trl's side) or BLEU against the study's teacher replies")
-  parser.add_argument("--response", choices=("reply", "raw"), default="reply",
-                      help="what ours trains on: the re-encoded child reply (the study's) or the raw sampled tokens")
+  parser.add_argument("--response", choices=("reply", "raw"), default="raw",
+                      help="what ours trains on: the raw sampled tokens (as trl, the default) or the study's re-encoded reply")
   parser.add_argument("--no_trl", action="store_true", help="ours and the sampler only (no trl environment)")
   parser.add_argument("--trl_env", default="", help="trl 0.8.6's environment (default: the cache, built if missing)")
   parser.add_argument("--cores", type=int, default=0,
