@@ -35,8 +35,17 @@ pytestmark = pytest.mark.skipif(not (paths.data_root() / "childes").exists()
                                 or not (paths.data_root() / "communicative_baby").exists(), reason="no study data")
 
 
+_TELLING = ("error", "Error", "FATAL", "Fatal", "Check failed", "Aborted", "Terminating", "signal", "Traceback")
+
+
 def _ok(proc):
-  assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+  """`proc` succeeded; else the lines that say why first (a native abort's stderr ends in faulthandler's
+  list of extension modules, which would fill the message), then the tail."""
+  if proc.returncode != 0:
+    err = proc.stderr.splitlines()
+    telling = [l for l in err if any(t in l for t in _TELLING) and "Extension modules" not in l]
+    raise AssertionError(f"exit {proc.returncode}\n" + "\n".join(telling[-40:]) + "\n--- stdout tail:\n"
+                         + proc.stdout[-1500:] + "\n--- stderr tail:\n" + "\n".join(err[-30:])[-3000:])
   return proc
 
 
