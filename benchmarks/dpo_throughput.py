@@ -10,8 +10,9 @@ trained on them (or `--tokenizer DIR`).
 
 Ours: the jitted step of rl/dpo.py (policy forward + backward on chosen and rejected, AdamW,
 reference log-probs computed beforehand), on the same model, pairs (trl's tokenization) and
-batch, with main.py's malloc setting (trl keeps glibc's default, faster for it). Each side runs in its own fresh process, `--repeats` times (default 3), alternating which
-goes first (on a shared machine one run's rate moves by a third); the medians are compared.
+batch, with main.py's malloc setting (trl keeps glibc's default, faster for it). Each side runs
+in its own fresh process, `--repeats` times (default 3), alternating which goes first (on a shared
+machine one run's rate moves by a third); the medians are compared.
 Last line: ratio=<ours/trl> ours=<median pairs/s> baseline=<median pairs/s> unit=pairs/s.
 
 trl 0.19.1 does not import under transformers 5 as it is; `import_trl` applies the three

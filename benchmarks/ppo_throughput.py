@@ -41,8 +41,9 @@ The work trained on: by default (`--response=raw`) ours trains on the raw sample
 `--response=reply` trains ours on the study's re-encoded child reply instead (the continuation cut
 at the next speaker tag, where the sampler also stops): a random model seldom writes a speaker tag,
 but the text it samples re-encodes into more tokens than it sampled (~26 a row against trl's 20:
-more work on our side only; both printed; on 2026-12-04 it gave 2.88x where raw gave 3.06x). Ours pads the rows of a step to a multiple of 16
-tokens (one compile per bucket), trl to the longest row of the step. trl's value head init and dropout draws differ from
+more work on our side only; both printed; on 2026-12-04 it gave 2.88x where raw gave 3.06x).
+Ours pads the rows of a step to a multiple of 16 tokens (one compile per bucket), trl to the
+longest row of the step. trl's value head init and dropout draws differ from
 ours (timing only). Ours also keeps host-side counters and sample replies.
 
 Then the bare jitted sampler (`sampling.sample_tokens`) runs on the same model, prompts and

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -69,3 +70,14 @@ def together(*procs, timeout: float = 900) -> list[subprocess.CompletedProcess]:
       raise
     done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
   return done
+
+
+def close_after_adam(a, b, lr: float) -> None:
+  """Two param trees equal to Adam's rounding: every weight within lr/10, all but one in a thousand within
+  1e-6 (Adam turns a last-bit difference of a gradient near 0 into a step of up to lr; a wrong collective,
+  jax#40830, moves most weights by O(lr))."""
+  import jax
+  diffs = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel() for x, y in zip(jax.tree.leaves(a),
+                                                                                         jax.tree.leaves(b))])
+  assert diffs.max() <= lr / 10, diffs.max()
+  assert np.mean(diffs > 1e-6) < 1e-3, (np.mean(diffs > 1e-6), np.sort(diffs)[-5:])
